@@ -1,0 +1,1 @@
+"""thumbnailer: asynchronous image thumbnails."""

@@ -1,0 +1,113 @@
+"""Every setting of the service, read from the environment (or a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ThumbnailBox = tuple[int, int]
+
+
+def _parse_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """One flat object; every field maps to the upper-case environment variable of its name."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/thumbnailer",
+        description="PostgreSQL URL; plain postgresql:// is accepted and driven by asyncpg.",
+    )
+    database_pool_size: int = Field(10, ge=1, description="Connections kept per process.")
+    rabbitmq_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/", description="AMQP URL of RabbitMQ."
+    )
+    queue_name: str = Field(
+        "thumbnailer.jobs",
+        description="Work queue; its retry and dead-letter queues are named after it.",
+    )
+    storage_path: Path = Field(
+        Path("./data/storage"), description="Directory for originals and thumbnails."
+    )
+    public_base_url: str = Field(
+        "",
+        description="Base of the URLs handed to clients (e.g. https://img.example.com); "
+        "empty means the URL the request came in on.",
+    )
+    max_file_size: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest upload in bytes, counted while streaming."
+    )
+    max_image_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Largest width*height accepted, checked from the header before decoding.",
+    )
+    thumbnail_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [100, 300, 1200],
+        description="Square boxes the thumbnails must fit in, comma-separated.",
+    )
+    jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of JPEG thumbnails.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level logged."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json for machines, console for a terminal."
+    )
+    api_host: str = Field("0.0.0.0", description="Interface the API binds.")  # noqa: S104
+    api_port: int = Field(8000, description="Port the API listens on.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins allowed by CORS; * allows any.",
+    )
+    worker_concurrency: int = Field(
+        2, ge=1, description="Images processed at once per worker (threads and prefetch)."
+    )
+    worker_http_port: int = Field(
+        8001, description="Port of the worker's probes and metrics; 0 disables it."
+    )
+    shutdown_grace_period: float = Field(
+        25.0, ge=0, description="Seconds a stopping worker waits for jobs in flight."
+    )
+    max_retries: int = Field(
+        5, ge=0, description="Transient-failure retries before a job is dead-lettered."
+    )
+    retry_base_delay: float = Field(
+        1.0, gt=0, description="First retry delay in seconds; doubles each attempt."
+    )
+    relay_interval: float = Field(
+        5.0, gt=0, description="Seconds between sweeps that publish rows left unpublished."
+    )
+    processing_timeout: float = Field(
+        600.0, gt=0, description="Seconds a row may stay PROCESSING before it is published again."
+    )
+
+    @field_validator("thumbnail_sizes", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        return _parse_csv(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_asyncpg(cls, value: str) -> str:
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix) :]
+        return value
+
+    @property
+    def thumbnail_boxes(self) -> list[ThumbnailBox]:
+        return [(size, size) for size in sorted(set(self.thumbnail_sizes), reverse=True)]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
