@@ -1,0 +1,3 @@
+from thumbnailer.cli import main
+
+main()

@@ -1,0 +1,126 @@
+"""The FastAPI application: composition of routes, middleware and the process's resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from thumbnailer.api.errors import install_error_handlers
+from thumbnailer.api.files import ImmutableFiles
+from thumbnailer.api.routes import router
+from thumbnailer.api.state import AppState
+from thumbnailer.broker import Broker, Topology
+from thumbnailer.config import Settings, get_settings
+from thumbnailer.logging import configure_logging, get_logger
+from thumbnailer.relay import Relay
+from thumbnailer.repo import Repo, create_engine
+from thumbnailer.store import LocalStore
+
+log = get_logger(__name__)
+REQUEST_ID = "X-Request-ID"
+_REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def build_state(settings: Settings) -> AppState:
+    topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
+    return AppState(
+        settings=settings,
+        repo=Repo(create_engine(settings.database_url, settings.database_pool_size)),
+        store=LocalStore(settings.storage_path),
+        broker=Broker(settings.rabbitmq_url, topology),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    state = build_state(settings)
+    state.store.ensure_root()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.broker.start()
+        relay = Relay(
+            state.repo, state.broker, settings.relay_interval, settings.processing_timeout
+        )
+        relay_task = asyncio.create_task(relay.run())
+        app.state.relay = relay
+        log.info("api_started", port=settings.api_port)
+        try:
+            yield
+        finally:
+            relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay_task
+            await state.broker.close()
+            await state.repo.engine.dispose()
+            log.info("api_stopped")
+
+    app = FastAPI(
+        title="thumbnailer",
+        version="0.1.0",
+        summary="Upload an image, poll for its 100, 300 and 1200 px thumbnails.",
+        lifespan=lifespan,
+    )
+    app.state.services = state
+    install_error_handlers(app)
+    app.include_router(router)
+    app.mount("/files", ImmutableFiles(directory=settings.storage_path, check_dir=False))
+    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["Location", "ETag", "Retry-After", REQUEST_ID],
+        max_age=600,
+    )
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        header_name=REQUEST_ID,
+        validator=lambda value: bool(_REQUEST_ID_SHAPE.match(value)),
+    )
+    return app
+
+
+class AccessLogMiddleware:
+    """One JSON line per request, carrying the request id bound for every log line inside it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=correlation_id.get())
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )

@@ -1,0 +1,212 @@
+"""Routes: upload, status, health. Files are served by `files.ImmutableFiles`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from asgi_correlation_id import correlation_id
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import SQLAlchemyError
+
+from thumbnailer import imaging
+from thumbnailer.api.errors import ApiError, error_responses
+from thumbnailer.api.schemas import HealthOut, ImageOut, ProbeOut, UploadAccepted
+from thumbnailer.api.state import AppState, get_state
+from thumbnailer.api.uploads import ReceivedFile, receive_file
+from thumbnailer.broker import BrokerUnavailable, Job
+from thumbnailer.logging import get_logger
+from thumbnailer.repo import Image, NewImage, Status
+from thumbnailer.store import original_key
+
+log = get_logger(__name__)
+router = APIRouter()
+State = Annotated[AppState, Depends(get_state)]
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
+DATABASE_DOWN = ApiError(
+    503, "database_unavailable", "the database is unavailable; retry shortly", {"Retry-After": "5"}
+)
+
+
+@router.post(
+    "/images",
+    status_code=202,
+    response_model=UploadAccepted,
+    responses=error_responses(413, 415, 422, 503),
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload an image (multipart field `file`)",
+)
+async def upload_image(request: Request, response: Response, state: State) -> UploadAccepted:
+    received = await receive_file(request, state.store, state.settings.max_file_size)
+    try:
+        info = await _probe(received, state.settings.max_image_pixels)
+        image_id = uuid.uuid4()
+        key = original_key(str(image_id), EXTENSIONS[info.format])
+        await state.store.commit(received.path, key)
+    finally:
+        await state.store.discard(received.path)
+    request_id = _request_id(request)
+    row = NewImage(
+        image_id, key, received.filename, info.media_type, info.width, info.height,
+        received.size, request_id,
+    )  # fmt: skip
+    await _record(state, row)
+    status = await _enqueue(state, Job(image_id, request_id))
+    response.headers["Location"] = f"/images/{image_id}"
+    log.info("image_accepted", image_id=str(image_id), bytes=received.size, format=info.format)
+    return UploadAccepted(
+        id=image_id, status=status, message="Image accepted; poll the Location URL for thumbnails."
+    )
+
+
+async def _probe(received: ReceivedFile, max_pixels: int) -> imaging.ImageInfo:
+    try:
+        return await run_in_threadpool(imaging.probe, received.path, max_pixels)
+    except imaging.ImageTooLarge as exc:
+        raise ApiError(413, "image_too_large", str(exc)) from exc
+    except imaging.ImagingError as exc:
+        raise ApiError(
+            415, "unsupported_image", f"not a supported image (JPEG, PNG, WebP, GIF): {exc}"
+        ) from exc
+
+
+async def _record(state: AppState, row: NewImage) -> None:
+    try:
+        await state.repo.add(row)
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("record_failed", image_id=str(row.id), error=str(exc))
+        await _forget_original(state, row.original_key)
+        raise DATABASE_DOWN from exc
+
+
+async def _forget_original(state: AppState, key: str) -> None:
+    try:
+        await state.store.delete(key)
+    except OSError as exc:
+        log.warning("orphan_original", key=key, error=str(exc))
+
+
+async def _enqueue(state: AppState, job: Job) -> Any:
+    """Publish and mark PROCESSING; on failure the row stays NEW for the relay to publish."""
+    try:
+        await state.broker.publish(job)
+    except BrokerUnavailable as exc:
+        log.warning("publish_deferred", image_id=str(job.image_id), error=str(exc))
+        return Status.NEW.value
+    try:
+        await state.repo.mark_processing(job.image_id)
+    except (SQLAlchemyError, OSError) as exc:
+        # The job is queued, so the worker will still finish it; the status lags for a moment.
+        log.warning("mark_processing_failed", image_id=str(job.image_id), error=str(exc))
+        return Status.NEW.value
+    return Status.PROCESSING.value
+
+
+def _request_id(request: Request) -> str | None:
+    return correlation_id.get()
+
+
+@router.get(
+    "/images/{image_id}",
+    response_model=ImageOut,
+    responses=error_responses(404, 422, 503),
+    summary="Status and URLs of one image",
+)
+async def get_image(
+    request: Request,
+    state: State,
+    image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
+) -> ImageOut:
+    try:
+        row = await state.repo.get(image_id)
+    except (SQLAlchemyError, OSError) as exc:
+        raise DATABASE_DOWN from exc
+    if row is None:
+        raise ApiError(404, "image_not_found", f"no image with id {image_id}")
+    return present(row, state.url_base(request), state.settings.thumbnail_boxes)
+
+
+def present(row: Image, base: str, boxes: list[tuple[int, int]]) -> ImageOut:
+    done = row.status == Status.DONE
+    thumbnails: dict[str, str | None] = {}
+    for width, height in sorted(boxes):
+        label = f"{width}x{height}"
+        entry = row.thumbnails.get(label)
+        thumbnails[label] = f"{base}/files/{entry['key']}" if done and entry else None
+    return ImageOut(
+        id=row.id,
+        status=row.status,
+        original_url=f"{base}/files/{row.original_key}",
+        thumbnails=thumbnails,
+        error=row.error,
+        filename=row.original_filename,
+        media_type=row.media_type,
+        width=row.width,
+        height=row.height,
+        size_bytes=row.size_bytes,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def dependencies_up(state: AppState) -> dict[str, bool]:
+    return {"database": await _database_up(state), "rabbitmq": state.broker.is_connected}
+
+
+async def _database_up(state: AppState) -> bool:
+    try:
+        return await asyncio.wait_for(state.repo.ping(), timeout=2.0)
+    except (SQLAlchemyError, OSError, TimeoutError):
+        return False
+
+
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "A dependency is down"}},
+    summary="Dependencies' health",
+)
+async def health(response: Response, state: State) -> HealthOut:
+    services = await dependencies_up(state)
+    healthy = all(services.values())
+    response.status_code = 200 if healthy else 503
+    return HealthOut(
+        status="healthy" if healthy else "unhealthy",
+        services=services,
+        timestamp=datetime.now(UTC),
+    )
+
+
+@router.get("/livez", response_model=ProbeOut, summary="Liveness: the process answers")
+async def livez() -> ProbeOut:
+    return ProbeOut(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=ProbeOut,
+    responses={503: {"model": ProbeOut, "description": "Not ready"}},
+    summary="Readiness: database and broker reachable",
+)
+async def readyz(response: Response, state: State) -> ProbeOut:
+    ready = all((await dependencies_up(state)).values())
+    response.status_code = 200 if ready else 503
+    return ProbeOut(status="ok" if ready else "unavailable")

@@ -1,0 +1,45 @@
+"""Response bodies: the JSON contract front ends code against."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+StatusName = Literal["NEW", "PROCESSING", "DONE", "ERROR"]
+
+
+class UploadAccepted(BaseModel):
+    id: uuid.UUID
+    status: StatusName
+    message: str = Field(examples=["Image accepted; poll the Location URL for thumbnails."])
+
+
+class ImageOut(BaseModel):
+    id: uuid.UUID
+    status: StatusName
+    original_url: str
+    thumbnails: dict[str, str | None] = Field(
+        description="URL per box label (e.g. `300x300`); null until the image is DONE.",
+        examples=[{"100x100": "http://host/files/thumbnails/ab/id/100x100.jpg"}],
+    )
+    error: str | None = Field(None, description="Why processing failed, when status is ERROR.")
+    filename: str | None = Field(None, description="The client's file name, for display only.")
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class HealthOut(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    services: dict[str, bool]
+    timestamp: datetime
+
+
+class ProbeOut(BaseModel):
+    status: Literal["ok", "unavailable"]

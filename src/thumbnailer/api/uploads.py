@@ -1,0 +1,167 @@
+"""Stream a multipart upload straight into the store, counting bytes as they arrive.
+
+Starlette's own form parser spools the whole body before the route runs, so a 1 GB body would be
+read to the end before we could refuse it. Here the `file` part goes to a temp file chunk by chunk
+and the request is refused the moment the byte count passes the limit.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiofiles
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartCallbacks, MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from thumbnailer.api.errors import ApiError
+from thumbnailer.store import LocalStore
+
+FILE_FIELD = "file"
+MAX_FILENAME_CHARS = 255
+WRITE_BATCH_BYTES = 1024 * 1024
+
+
+@dataclass
+class ReceivedFile:
+    path: Path
+    size: int
+    filename: str | None
+
+
+@dataclass
+class _PartState:
+    """What the synchronous parser callbacks have seen so far; drained after each chunk."""
+
+    header_field: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    in_file: bool = False
+    file_parts: int = 0
+    filename: str | None = None
+    pending: list[bytes] = field(default_factory=list)
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+        self.in_file = False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[bytes(self.header_field).lower()] = bytes(self.header_value)
+        self.header_field.clear()
+        self.header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        if options.get(b"name") == FILE_FIELD.encode():
+            self.in_file = True
+            self.file_parts += 1
+            raw = options.get(b"filename")
+            self.filename = clean_filename(raw.decode("utf-8", "replace")) if raw else None
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.in_file and self.file_parts == 1:
+            self.pending.append(data[start:end])
+
+    def on_part_end(self) -> None:
+        self.in_file = False
+
+
+def clean_filename(name: str) -> str | None:
+    """A display-only name: no directories, no control characters, bounded length."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    printable = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
+    trimmed = printable.strip().strip(".")[:MAX_FILENAME_CHARS]
+    return trimmed or None
+
+
+def multipart_boundary(request: Request) -> bytes:
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not params.get(b"boundary"):
+        raise ApiError(
+            415 if content_type else 422,
+            "not_multipart",
+            "send the image as multipart/form-data with a field named 'file'",
+        )
+    return params[b"boundary"]
+
+
+def declared_length(request: Request) -> int | None:
+    try:
+        return int(request.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "file_too_large", f"the file is larger than the limit of {limit} bytes")
+
+
+async def receive_file(request: Request, store: LocalStore, max_size: int) -> ReceivedFile:
+    """Stream field `file` into a temp file of the store; the caller commits or discards it."""
+    boundary = multipart_boundary(request)
+    # Multipart framing adds a little; a body far past the limit can be refused unread.
+    length = declared_length(request)
+    if length is not None and length > max_size + 64 * 1024:
+        raise too_large(max_size)
+    state = _PartState()
+    parser = MultipartParser(boundary, _callbacks(state))
+    tmp = store.temp_path()
+    try:
+        size = await _stream_to(tmp, request, parser, state, max_size)
+    except MultipartParseError as exc:
+        await store.discard(tmp)
+        raise ApiError(422, "malformed_multipart", f"malformed multipart body: {exc}") from exc
+    except BaseException:
+        await store.discard(tmp)
+        raise
+    if state.file_parts != 1:
+        await store.discard(tmp)
+        problem = "no field named 'file'" if state.file_parts == 0 else "more than one 'file'"
+        raise ApiError(422, "invalid_request", f"{problem}: send exactly one image as 'file'")
+    return ReceivedFile(path=tmp, size=size, filename=state.filename)
+
+
+async def _stream_to(
+    tmp: Path, request: Request, parser: MultipartParser, state: _PartState, max_size: int
+) -> int:
+    """Feed the parser and write the file part in batches, one thread hop per batch."""
+    size = 0
+    batch: list[bytes] = []
+    batched = 0
+    async with aiofiles.open(tmp, "wb") as sink:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            for piece in state.pending:
+                size += len(piece)
+                if size > max_size:
+                    raise too_large(max_size)
+                batch.append(piece)
+                batched += len(piece)
+            state.pending.clear()
+            if batched >= WRITE_BATCH_BYTES:
+                await sink.write(b"".join(batch))
+                batch, batched = [], 0
+        parser.finalize()
+        if batch:
+            await sink.write(b"".join(batch))
+    return size
+
+
+def _callbacks(state: _PartState) -> MultipartCallbacks:
+    return {
+        "on_part_begin": state.on_part_begin,
+        "on_header_field": state.on_header_field,
+        "on_header_value": state.on_header_value,
+        "on_header_end": state.on_header_end,
+        "on_headers_finished": state.on_headers_finished,
+        "on_part_data": state.on_part_data,
+        "on_part_end": state.on_part_end,
+    }

@@ -1,0 +1,192 @@
+"""RabbitMQ: the topology both processes declare, publishing with confirms, job messages.
+
+Topology (all on the default exchange, so routing key == queue name):
+- `<queue>`: the work queue; a rejected message dead-letters to `<queue>.dead`.
+- `<queue>.retry.<ms>`: one queue per back-off step; a message waits there for its TTL and then
+  dead-letters back to `<queue>`. One queue per delay, because per-message TTLs only expire at
+  the head of a queue and a long delay would hold up a short one behind it.
+- `<queue>.dead`: where poison messages and exhausted retries rest for an operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from thumbnailer.logging import get_logger
+
+log = get_logger(__name__)
+
+ATTEMPT_HEADER = "x-attempt"
+PUBLISH_TIMEOUT = 5.0
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not take the message (down, unroutable or unconfirmed)."""
+
+
+class PoisonMessage(ValueError):
+    """A message no retry can fix: malformed body or unknown image."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    queue: str
+    max_retries: int
+    retry_base_delay: float
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.queue}.dead"
+
+    def retry_delay_ms(self, attempt: int) -> int:
+        """Delay before retry number `attempt` (1-based): base, 2*base, 4*base, ..."""
+        return int(self.retry_base_delay * 1000 * 2 ** (attempt - 1))
+
+    def retry_queue(self, attempt: int) -> str:
+        return f"{self.queue}.retry.{self.retry_delay_ms(attempt)}ms"
+
+    async def declare(self, channel: AbstractChannel) -> AbstractQueue:
+        """Declare every queue idempotently; returns the work queue."""
+        await channel.declare_queue(self.dead_letter_queue, durable=True)
+        work = await channel.declare_queue(
+            self.queue,
+            durable=True,
+            arguments={
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.dead_letter_queue,
+            },
+        )
+        for attempt in range(1, self.max_retries + 1):
+            await channel.declare_queue(
+                self.retry_queue(attempt),
+                durable=True,
+                arguments={
+                    "x-message-ttl": self.retry_delay_ms(attempt),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.queue,
+                },
+            )
+        return work
+
+
+@dataclass(frozen=True)
+class Job:
+    image_id: uuid.UUID
+    request_id: str | None = None
+    attempt: int = 0
+
+    def to_message(self) -> aio_pika.Message:
+        return aio_pika.Message(
+            body=json.dumps({"image_id": str(self.image_id)}).encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(self.image_id),
+            correlation_id=self.request_id,
+            headers={ATTEMPT_HEADER: self.attempt},
+        )
+
+    @classmethod
+    def from_message(cls, message: AbstractIncomingMessage) -> Job:
+        try:
+            payload: Any = json.loads(message.body)
+            image_id = uuid.UUID(str(payload["image_id"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PoisonMessage(f"malformed job body: {exc}") from exc
+        attempt = message.headers.get(ATTEMPT_HEADER, 0)
+        return cls(
+            image_id=image_id,
+            request_id=message.correlation_id,
+            attempt=attempt if isinstance(attempt, int) else 0,
+        )
+
+
+class Broker:
+    """One robust connection, kept alive in the background; publishing never blocks for long."""
+
+    def __init__(self, url: str, topology: Topology) -> None:
+        self.url = url
+        self.topology = topology
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._connector: asyncio.Task[None] | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        return (
+            self.connection is not None
+            and not self.connection.is_closed
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
+
+    async def connect(self) -> None:
+        """Connect once and declare the topology; raises if the broker is unreachable."""
+        connection = await aio_pika.connect_robust(self.url, timeout=5, reconnect_interval=1)
+        channel = await connection.channel(publisher_confirms=True)
+        await self.topology.declare(channel)
+        self.connection, self._channel = connection, channel
+
+    def start(self, retry_interval: float = 2.0) -> None:
+        """Connect in the background until it works, so the process can start without a broker."""
+        self._connector = asyncio.create_task(self._connect_until_up(retry_interval))
+
+    async def _connect_until_up(self, retry_interval: float) -> None:
+        while True:
+            try:
+                await self.connect()
+                log.info("broker_connected")
+                return
+            except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+                log.warning("broker_unreachable", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(retry_interval)
+
+    async def wait_connected(self, timeout: float) -> None:
+        if self._connector is not None:
+            await asyncio.wait_for(asyncio.shield(self._connector), timeout)
+
+    async def channel(self) -> AbstractChannel:
+        if self.connection is None:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        return await self.connection.channel()
+
+    async def publish(self, job: Job, routing_key: str | None = None) -> None:
+        if not self.is_connected or self._channel is None:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        try:
+            await self._channel.default_exchange.publish(
+                job.to_message(),
+                routing_key=routing_key or self.topology.queue,
+                mandatory=True,
+                timeout=PUBLISH_TIMEOUT,
+            )
+        except (
+            OSError,
+            asyncio.TimeoutError,
+            aiormq.exceptions.AMQPError,
+            aio_pika.exceptions.AMQPException,
+            RuntimeError,
+        ) as exc:
+            raise BrokerUnavailable(f"publish failed: {exc!r}") from exc
+
+    async def publish_retry(self, job: Job) -> None:
+        retry = Job(job.image_id, job.request_id, job.attempt + 1)
+        await self.publish(retry, self.topology.retry_queue(retry.attempt))
+
+    async def close(self) -> None:
+        if self._connector is not None and not self._connector.done():
+            self._connector.cancel()
+        if self.connection is not None:
+            await self.connection.close()

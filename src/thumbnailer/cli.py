@@ -1,0 +1,159 @@
+"""`thumbnailer api | worker | migrate | run`: the process entry points."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from thumbnailer.config import Settings, get_settings
+
+START_HINTS = {
+    "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    "RabbitMQ": "rabbitmq-server -detached",
+}
+
+
+class Unreachable(Exception):
+    def __init__(self, service: str, url: str, error: BaseException) -> None:
+        super().__init__(f"{service} is unreachable at {url}: {error}")
+        self.service, self.url, self.error = service, url, error
+
+    def explain(self) -> str:
+        return (
+            f"error: cannot reach {self.service} at {self.url}\n"
+            f"  cause: {type(self.error).__name__}: {self.error}\n"
+            f"  start it (e.g. `{START_HINTS[self.service]}`) or set the URL in the environment."
+        )
+
+
+def redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an AMQP URL is not a SQLAlchemy URL; fall back to masking by hand
+        scheme, sep, rest = url.partition("://")
+        creds, at, host = rest.rpartition("@")
+        return f"{scheme}{sep}{creds.split(':')[0]}:***{at}{host}" if at else url
+
+
+async def ensure_database(database_url: str) -> None:
+    """Create the database named in the URL if it does not exist yet (needs CREATEDB)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    try:
+        conn = await asyncpg.connect(
+            host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+            database="postgres", timeout=5,
+        )  # fmt: skip
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise Unreachable("PostgreSQL", redact(database_url), exc) from exc
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", url.database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{url.database}"')
+    finally:
+        await conn.close()
+
+
+def migrations_dir() -> Path:
+    """alembic.ini beside the working directory (images), else the source checkout."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / "alembic.ini").is_file():
+            return root
+    raise SystemExit("error: alembic.ini not found in the working directory")
+
+
+def migrate(settings: Settings) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    asyncio.run(ensure_database(settings.database_url))
+    root = migrations_dir()
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "migrations"))
+    config.attributes["database_url"] = settings.database_url
+    command.upgrade(config, "head")
+
+
+async def check_rabbitmq(url: str) -> None:
+    import aio_pika
+
+    try:
+        connection = await aio_pika.connect(url, timeout=5)
+    except Exception as exc:  # aio-pika raises several unrelated types for "cannot connect"
+        raise Unreachable("RabbitMQ", redact(url), exc) from exc
+    await connection.close()
+
+
+def serve_api(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "thumbnailer.api.app:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_period),
+    )
+
+
+def serve_worker(settings: Settings) -> None:
+    from thumbnailer.logging import configure_logging
+    from thumbnailer.worker import run_worker
+
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_worker(settings))
+
+
+def run_both(settings: Settings) -> int:
+    """Development: API and one worker in the foreground; Ctrl-C stops both."""
+    asyncio.run(check_rabbitmq(settings.rabbitmq_url))
+    asyncio.run(ensure_database(settings.database_url))
+    command = [sys.executable, "-m", "thumbnailer"]
+    children = [subprocess.Popen([*command, name]) for name in ("api", "worker")]  # noqa: S603
+    print(f"thumbnailer: API on http://127.0.0.1:{settings.api_port}  (Ctrl-C stops)")
+
+    def forward(signum: int, _: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    while all(child.poll() is None for child in children):
+        try:
+            children[0].wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+    forward(signal.SIGTERM, None)
+    return max(abs(child.wait()) for child in children)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="thumbnailer", description=__doc__)
+    parser.add_argument("command", choices=["api", "worker", "migrate", "run"])
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        if args.command == "api":
+            serve_api(settings)
+        elif args.command == "worker":
+            serve_worker(settings)
+        elif args.command == "migrate":
+            migrate(settings)
+        else:
+            sys.exit(run_both(settings))
+    except Unreachable as exc:
+        print(exc.explain(), file=sys.stderr)
+        sys.exit(2)

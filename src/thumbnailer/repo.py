@@ -1,0 +1,198 @@
+"""The `images` table and its status transitions, each one a conditional UPDATE."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Status(enum.StrEnum):
+    NEW = "NEW"
+    PROCESSING = "PROCESSING"
+    DONE = "DONE"
+    ERROR = "ERROR"
+
+
+TERMINAL = (Status.DONE, Status.ERROR)
+OPEN = (Status.NEW, Status.PROCESSING)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('NEW', 'PROCESSING', 'DONE', 'ERROR')", name="images_status_valid"
+        ),
+        Index("ix_images_status_updated_at", "status", "updated_at"),
+        Index("ix_images_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    original_key: Mapped[str] = mapped_column(Text, nullable=False)
+    original_filename: Mapped[str | None] = mapped_column(Text)
+    media_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    thumbnails: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+@dataclass(frozen=True)
+class NewImage:
+    id: uuid.UUID
+    original_key: str
+    original_filename: str | None
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
+    request_id: str | None
+
+
+def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        # Fail fast when PostgreSQL is unreachable instead of hanging a request.
+        connect_args={"timeout": 5, "command_timeout": 15},
+    )
+
+
+def _seconds(value: float) -> Any:
+    return func.make_interval(0, 0, 0, 0, 0, 0, value)
+
+
+class Repo:
+    """Rows of images. Every write is one short transaction; no session outlives a call."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def add(self, new: NewImage) -> Image:
+        row = Image(
+            id=new.id,
+            status=Status.NEW,
+            original_key=new.original_key,
+            original_filename=new.original_filename,
+            media_type=new.media_type,
+            width=new.width,
+            height=new.height,
+            size_bytes=new.size_bytes,
+            thumbnails={},
+            request_id=new.request_id,
+        )
+        async with self.sessions.begin() as session:
+            session.add(row)
+        return row
+
+    async def get(self, image_id: uuid.UUID) -> Image | None:
+        async with self.sessions() as session:
+            return await session.get(Image, image_id)
+
+    async def mark_processing(self, image_id: uuid.UUID) -> bool:
+        """NEW -> PROCESSING only; a worker that already finished keeps its DONE."""
+        return await self._transition(image_id, (Status.NEW,), status=Status.PROCESSING)
+
+    async def mark_done(self, image_id: uuid.UUID, thumbnails: dict[str, Any]) -> bool:
+        return await self._transition(
+            image_id, OPEN, status=Status.DONE, thumbnails=thumbnails, error=None
+        )
+
+    async def mark_error(self, image_id: uuid.UUID, reason: str) -> bool:
+        return await self._transition(image_id, OPEN, status=Status.ERROR, error=reason[:2000])
+
+    async def _transition(
+        self, image_id: uuid.UUID, allowed: tuple[Status, ...], **values: Any
+    ) -> bool:
+        stmt = (
+            update(Image)
+            .where(Image.id == image_id, Image.status.in_(allowed))
+            .values(**values, updated_at=func.now())
+            .returning(Image.id)
+        )
+        async with self.sessions.begin() as session:
+            return (await session.execute(stmt)).first() is not None
+
+    async def claim_stale(
+        self, new_after: float, processing_after: float, limit: int = 100
+    ) -> list[tuple[uuid.UUID, str | None]]:
+        """Rows whose job may never have reached the broker (or was lost), oldest first.
+
+        Claiming bumps `updated_at`, a lease: another relay skips them (SKIP LOCKED now, the age
+        test later) until the lease runs out, and a row whose publish fails comes round again.
+        """
+        now = func.now()
+        stale = or_(
+            and_(Image.status == Status.NEW, Image.updated_at < now - _seconds(new_after)),
+            and_(
+                Image.status == Status.PROCESSING,
+                Image.updated_at < now - _seconds(processing_after),
+            ),
+        )
+        pick = (
+            select(Image.id)
+            .where(stale)
+            .order_by(Image.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claim = (
+            update(Image)
+            .where(Image.id.in_(pick.scalar_subquery()))
+            .values(updated_at=now)
+            .returning(Image.id, Image.request_id)
+        )
+        async with self.sessions.begin() as session:
+            return [(row.id, row.request_id) for row in await session.execute(claim)]
+
+    async def count_by_status(self) -> dict[str, int]:
+        stmt = select(Image.status, func.count()).group_by(Image.status)
+        async with self.sessions() as session:
+            counts = {str(status): int(n) for status, n in await session.execute(stmt)}
+        return {status.value: counts.get(status.value, 0) for status in Status}
+
+    async def ping(self) -> bool:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+        return True

@@ -1,0 +1,169 @@
+"""Per-run isolation: a fresh database, queue names and storage directory, removed afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.support import (
+    ADMIN_DATABASE_URL,
+    ARTIFACTS,
+    RABBITMQ_URL,
+    ServiceProcess,
+    free_port,
+    service_env,
+    unique_name,
+    wait_until_ready,
+)
+from thumbnailer.api.app import create_app
+from thumbnailer.broker import Topology
+from thumbnailer.cli import migrate
+from thumbnailer.config import Settings
+
+
+def database_url_for(name: str) -> str:
+    base = ADMIN_DATABASE_URL.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def database_url(run_id: str) -> Iterator[str]:
+    name = f"thumbnailer_test_{run_id}"
+    url = database_url_for(name)
+    migrate(Settings(database_url=url))
+    yield url
+    asyncio.run(_drop_database(name))
+
+
+async def _drop_database(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def storage_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("storage")
+
+
+def make_settings(database_url: str, storage: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "rabbitmq_url": RABBITMQ_URL,
+        "queue_name": unique_name("thumbnailer_test") + ".jobs",
+        "storage_path": storage,
+        "log_level": "INFO",
+        "relay_interval": 1.0,
+        "retry_base_delay": 0.2,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
+    settings = make_settings(database_url, tmp_path / "storage")
+    yield settings
+    asyncio.run(delete_queues(settings))
+
+
+async def delete_queues(settings: Settings) -> None:
+    topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
+    names = [topology.queue, topology.dead_letter_queue]
+    names += [topology.retry_queue(n) for n in range(1, topology.max_retries + 1)]
+    connection = await aio_pika.connect(settings.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        await application.state.services.broker.wait_connected(10)
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+class Services:
+    """The real API and worker processes, as `make run` starts them, on free ports."""
+
+    def __init__(self, settings: Settings, artifacts: Path) -> None:
+        self.settings = settings
+        self.api_port = free_port()
+        self.worker_port = free_port()
+        env = service_env(settings_environment(settings, self.api_port, self.worker_port))
+        self.env = env
+        self.api = ServiceProcess("api", env, artifacts / "api.log")
+        self.workers: list[ServiceProcess] = []
+        self.artifacts = artifacts
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+        self.worker_url = f"http://127.0.0.1:{self.worker_port}"
+
+    def start(self) -> None:
+        self.api.start()
+        self.start_worker()
+        wait_until_ready(f"{self.base_url}/readyz")
+
+    def start_worker(self, **env: str) -> ServiceProcess:
+        index = len(self.workers)
+        worker = ServiceProcess(
+            "worker", {**self.env, **env}, self.artifacts / f"worker-{index}.log"
+        )
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.api]:
+            process.stop()
+
+
+def settings_environment(settings: Settings, api_port: int, worker_port: int) -> dict[str, str]:
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "RABBITMQ_URL": settings.rabbitmq_url,
+        "QUEUE_NAME": settings.queue_name,
+        "STORAGE_PATH": str(settings.storage_path),
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(api_port),
+        "WORKER_HTTP_PORT": str(worker_port),
+        "RELAY_INTERVAL": str(settings.relay_interval),
+        "RETRY_BASE_DELAY": str(settings.retry_base_delay),
+        "PROCESSING_TIMEOUT": str(settings.processing_timeout),
+        "MAX_FILE_SIZE": str(settings.max_file_size),
+        "LOG_LEVEL": settings.log_level,
+    }
+    return env
+
+
+@pytest.fixture
+def services(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Services]:
+    artifacts = ARTIFACTS / request.node.name
+    running = Services(settings, artifacts)
+    running.start()
+    yield running
+    running.stop()
