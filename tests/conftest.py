@@ -61,9 +61,9 @@ def storage_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("storage")
 
 
-def make_settings(database_url: str, storage: Path, **overrides: object) -> Settings:
+def make_settings(base_database_url: str, storage: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "database_url": database_url,
+        "database_url": base_database_url,
         "rabbitmq_url": RABBITMQ_URL,
         "queue_name": unique_name("thumbnailer_test") + ".jobs",
         "storage_path": storage,
@@ -97,7 +97,7 @@ async def delete_queues(settings: Settings) -> None:
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
-        await application.state.services.broker.wait_connected(10)
+        await asyncio.wait_for(application.state.services.broker.wait_connected(), 10)
         yield application
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -43,7 +44,8 @@ async def test_status_of_an_upload(client: httpx.AsyncClient) -> None:
     assert (body["width"], body["height"], body["media_type"]) == (640, 480, "image/jpeg")
     assert body["size_bytes"] == len(JPEG)
     assert body["error"] is None
-    assert body["created_at"] and body["updated_at"]
+    assert body["created_at"]
+    assert body["updated_at"]
 
 
 async def test_original_is_served_immutable_with_etag(client: httpx.AsyncClient) -> None:
@@ -109,7 +111,7 @@ async def test_not_multipart_is_refused(client: httpx.AsyncClient) -> None:
 
 @pytest.fixture
 def small_limit_settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
-    yield make_settings(database_url, tmp_path / "storage", max_file_size=20_000)
+    return make_settings(database_url, tmp_path / "storage", max_file_size=20_000)
 
 
 @pytest.fixture
@@ -194,6 +196,8 @@ async def test_health_is_503_when_a_dependency_is_unreachable(
     settings = make_settings(database_url, tmp_path, **{broken: unreachable[broken]})
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        if broken != "rabbitmq_url":
+            await asyncio.wait_for(app.state.services.broker.wait_connected(), 10)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             health = await client.get("/health")
@@ -209,7 +213,9 @@ async def test_health_is_503_when_a_dependency_is_unreachable(
 
 
 async def test_upload_while_database_down_is_503_not_500(database_url: str, tmp_path: Path) -> None:
-    settings = make_settings(database_url, tmp_path, database_url=f"postgresql://u@127.0.0.1:{free_port()}/x")
+    settings = make_settings(
+        database_url, tmp_path, database_url=f"postgresql://u@127.0.0.1:{free_port()}/x"
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

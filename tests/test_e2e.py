@@ -29,7 +29,9 @@ def webp_bytes(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def wait_for_terminal(client: httpx.Client, image_id: str, timeout: float = 60) -> dict[str, object]:
+def wait_for_terminal(
+    client: httpx.Client, image_id: str, timeout: float = 60
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body: dict[str, object] = client.get(f"/images/{image_id}").json()
@@ -56,9 +58,11 @@ def test_uploads_reach_done_with_working_thumbnails(services: Services) -> None:
             body = wait_for_terminal(client, ids[name])
             assert body["status"] == "DONE", body
             original = client.get(str(body["original_url"]))
-            assert original.status_code == 200 and original.content == data
+            assert original.status_code == 200
+            assert original.content == data
             thumbnails = body["thumbnails"]
-            assert isinstance(thumbnails, dict) and set(thumbnails) == set(BOXES)
+            assert isinstance(thumbnails, dict)
+            assert set(thumbnails) == set(BOXES)
             for label, box in BOXES.items():
                 response = client.get(thumbnails[label])
                 assert response.status_code == 200, (name, label)

@@ -31,6 +31,14 @@ log = get_logger(__name__)
 
 ATTEMPT_HEADER = "x-attempt"
 PUBLISH_TIMEOUT = 5.0
+# What a publish raises when the link is down, closing, or the broker refuses the message.
+PUBLISH_FAILURES = (
+    TimeoutError,
+    OSError,
+    RuntimeError,
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+)
 
 
 class BrokerUnavailable(Exception):
@@ -122,6 +130,7 @@ class Broker:
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._connector: asyncio.Task[None] | None = None
+        self.first_connection = asyncio.Event()
 
     @property
     def is_connected(self) -> bool:
@@ -147,15 +156,16 @@ class Broker:
         while True:
             try:
                 await self.connect()
+                self.first_connection.set()
                 log.info("broker_connected")
                 return
-            except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                 log.warning("broker_unreachable", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(retry_interval)
 
-    async def wait_connected(self, timeout: float) -> None:
-        if self._connector is not None:
-            await asyncio.wait_for(asyncio.shield(self._connector), timeout)
+    async def wait_connected(self) -> None:
+        """Return once the first connection is up (reconnections are aio-pika's job)."""
+        await self.first_connection.wait()
 
     async def channel(self) -> AbstractChannel:
         if self.connection is None:
@@ -172,13 +182,7 @@ class Broker:
                 mandatory=True,
                 timeout=PUBLISH_TIMEOUT,
             )
-        except (
-            OSError,
-            asyncio.TimeoutError,
-            aiormq.exceptions.AMQPError,
-            aio_pika.exceptions.AMQPException,
-            RuntimeError,
-        ) as exc:
+        except PUBLISH_FAILURES as exc:
             raise BrokerUnavailable(f"publish failed: {exc!r}") from exc
 
     async def publish_retry(self, job: Job) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import aiofiles
@@ -67,10 +67,8 @@ class LocalStore:
         os.replace(tmp, target)
 
     async def discard(self, tmp: Path) -> None:
-        try:
+        with suppress(FileNotFoundError):
             await aiofiles.os.remove(tmp)
-        except FileNotFoundError:
-            pass
 
     async def read(self, key: str) -> bytes:
         try:
@@ -80,16 +78,16 @@ class LocalStore:
             raise StoreError(f"could not read {key}: {exc.strerror or exc}") from exc
 
     async def delete(self, key: str) -> None:
-        try:
+        with suppress(FileNotFoundError):
             await aiofiles.os.remove(self.path(key))
-        except FileNotFoundError:
-            pass
 
     async def exists(self, key: str) -> bool:
         return await aiofiles.os.path.isfile(self.path(key))
 
     @asynccontextmanager
-    async def writer(self) -> AsyncIterator[tuple[Path, aiofiles.threadpool.binary.AsyncBufferedIOBase]]:
+    async def writer(
+        self,
+    ) -> AsyncIterator[tuple[Path, aiofiles.threadpool.binary.AsyncBufferedIOBase]]:
         """A temp file to stream into; the caller commits or it is removed on exit."""
         tmp = self.temp_path()
         try:

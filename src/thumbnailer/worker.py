@@ -74,8 +74,11 @@ class Worker:
         await self._close()
 
     async def _wait_for_broker(self) -> None:
-        while not self.broker.is_connected and not self.stopping.is_set():
-            await asyncio.sleep(0.2)
+        connected = asyncio.create_task(self.broker.wait_connected())
+        stopping = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({connected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        connected.cancel()
+        stopping.cancel()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -124,7 +127,9 @@ class Worker:
             structlog.contextvars.bind_contextvars(image_id=str(job.image_id))
             await self.process(job)
         except PoisonMessage as exc:
-            log.error("job_dead_lettered", reason=str(exc), body=message.body[:200].decode("latin-1"))
+            log.error(
+                "job_dead_lettered", reason=str(exc), body=message.body[:200].decode("latin-1")
+            )
             await message.reject(requeue=False)
         except TRANSIENT as exc:
             await self._retry_or_give_up(message, exc)
@@ -195,7 +200,9 @@ class Worker:
             await message.ack()
             return
         with contextlib.suppress(*TRANSIENT):
-            await self.repo.mark_error(job.image_id, f"gave up after {job.attempt} retries: {reason}")
+            await self.repo.mark_error(
+                job.image_id, f"gave up after {job.attempt} retries: {reason}"
+            )
         log.error("job_dead_lettered", reason=reason, attempts=job.attempt)
         await message.reject(requeue=False)
 

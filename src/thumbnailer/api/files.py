@@ -11,7 +11,12 @@ from starlette.types import Scope
 
 # Keys are written once under a fresh id and never change, so caches may keep them for good.
 IMMUTABLE = "public, max-age=31536000, immutable"
-MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif"}
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+}
 SERVED_ROOTS = ("originals/", "thumbnails/")
 
 

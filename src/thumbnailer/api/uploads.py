@@ -10,14 +10,18 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiofiles
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartCallbacks, MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
 
 from thumbnailer.api.errors import ApiError
 from thumbnailer.store import LocalStore
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
 MAX_FILENAME_CHARS = 255
