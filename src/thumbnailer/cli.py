@@ -84,7 +84,12 @@ def migrate(settings: Settings) -> None:
 
 
 async def check_rabbitmq(url: str) -> None:
+    import logging
+
     import aio_pika
+
+    # aiormq logs the refused connection itself; our own message says it better.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
 
     try:
         connection = await aio_pika.connect(url, timeout=5)
