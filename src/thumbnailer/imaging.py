@@ -123,10 +123,12 @@ def make_thumbnails(
     with _opened(source) as image:
         _check_pixels(image, max_pixels)
         orientation = _orientation(image)
+        # Targets come from the header's size: draft's reduced size is rounded up.
+        displayed = _stored(image.size, orientation)
         with clock("decode"):
-            _decode_reduced(image, largest_first[0], orientation)
+            _decode_reduced(image, fit(displayed, largest_first[0]), orientation)
         with clock("resize"):
-            made = _cascade(image, largest_first, orientation)
+            made = _cascade(image, largest_first, orientation, displayed)
     with clock("encode"):
         encoded = {box: _encode(made[box], box, jpeg_quality) for box in largest_first}
     return [encoded[box] for box in boxes]
@@ -178,32 +180,33 @@ def _stored(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (size[1], size[0]) if orientation in SWAPS_AXES else size
 
 
-def _decode_reduced(image: Image.Image, box: tuple[int, int], orientation: int) -> None:
-    """Decode once; a JPEG at the smallest DCT scale that still covers the largest box."""
+def _decode_reduced(image: Image.Image, target: tuple[int, int], orientation: int) -> None:
+    """Decode once; a JPEG at the smallest DCT scale that still covers `target`."""
     if image.format == "JPEG":
-        displayed = _stored(image.size, orientation)
-        wanted = _stored(fit(displayed, box), orientation)
         mode = image.mode if image.mode in ("L", "CMYK") else "RGB"
-        image.draft(mode, wanted)
+        image.draft(mode, _stored(target, orientation))
     image.load()
 
 
 def _cascade(
-    image: Image.Image, largest_first: list[tuple[int, int]], orientation: int
+    image: Image.Image,
+    largest_first: list[tuple[int, int]],
+    orientation: int,
+    displayed: tuple[int, int],
 ) -> dict[tuple[int, int], Image.Image]:
     """Make the largest thumbnail from the decoded image, each smaller one from the last."""
-    current = _to_display(image, largest_first[0], orientation)
+    current = _to_display(image, fit(displayed, largest_first[0]), orientation)
     made = {largest_first[0]: current}
     for box in largest_first[1:]:
-        current = _resize(current, fit(current.size, box))
+        # Sizes come from the source's proportions, so rounding does not compound per step.
+        current = _resize(current, fit(displayed, box))
         made[box] = current
     return made
 
 
-def _to_display(image: Image.Image, box: tuple[int, int], orientation: int) -> Image.Image:
-    """Resize to the largest box, then orient and convert to sRGB on the small result."""
-    displayed = _stored(image.size, orientation)
-    target = _stored(fit(displayed, box), orientation)
+def _to_display(image: Image.Image, size: tuple[int, int], orientation: int) -> Image.Image:
+    """Resize to the largest thumbnail's size, then orient and convert to sRGB on the result."""
+    target = _stored(size, orientation)
     icc = image.info.get("icc_profile")
     working = _to_8bit(image)
     resized = _resize(working, target, first=True)
