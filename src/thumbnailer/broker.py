@@ -189,6 +189,16 @@ class Broker:
         retry = Job(job.image_id, job.request_id, job.attempt + 1)
         await self.publish(retry, self.topology.retry_queue(retry.attempt))
 
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages ready in the work and dead-letter queues (a passive declare each)."""
+        if not self.is_connected or self._channel is None:
+            return {}
+        depths = {}
+        for name in (self.topology.queue, self.topology.dead_letter_queue):
+            queue = await self._channel.declare_queue(name, passive=True)
+            depths[name] = queue.declaration_result.message_count or 0
+        return depths
+
     async def close(self) -> None:
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()

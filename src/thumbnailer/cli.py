@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from thumbnailer.config import Settings, get_settings
@@ -101,9 +102,13 @@ async def check_rabbitmq(url: str) -> None:
 def serve_api(settings: Settings) -> None:
     import uvicorn
 
+    if settings.api_workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # prometheus-client aggregates processes through files in a shared directory.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="thumbnailer-metrics-")
     uvicorn.run(
         "thumbnailer.api.app:create_app",
         factory=True,
+        workers=settings.api_workers,
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("0.0.0.0", description="Interface the API binds.")  # noqa: S104
     api_port: int = Field(8000, description="Port the API listens on.")
+    api_workers: int = Field(
+        1, ge=1, description="uvicorn worker processes; metrics are then aggregated across them."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed by CORS; * allows any.",

@@ -11,6 +11,7 @@ import asyncio
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from thumbnailer import metrics
 from thumbnailer.broker import Broker, BrokerUnavailable, Job
 from thumbnailer.logging import get_logger
 from thumbnailer.repo import Repo
@@ -42,6 +43,7 @@ class Relay:
             sent += 1
         if sent:
             self.republished += sent
+            metrics.RELAY_REPUBLISHED.inc(sent)
             log.info("relay_republished", count=sent)
         return sent
 

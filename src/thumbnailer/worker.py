@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
+import uvicorn
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.exc import SQLAlchemyError
 
-from thumbnailer import imaging
+from thumbnailer import imaging, metrics, worker_http
 from thumbnailer.broker import Broker, BrokerUnavailable, Job, PoisonMessage, Topology
 from thumbnailer.config import Settings
 from thumbnailer.logging import get_logger
@@ -50,11 +51,15 @@ class Worker:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.consuming = False
+        self.http: uvicorn.Server | None = None
+        self.http_task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Consume until SIGTERM/SIGINT, then drain within the grace period."""
         self._install_signal_handlers()
         self.store.ensure_root()
+        self._start_http()
+        metrics.POOL_SIZE.set(self.concurrency)
         self.broker.start()
         await self._wait_for_broker()
         if self.stopping.is_set():
@@ -65,13 +70,27 @@ class Worker:
         queue = await self.topology.declare(channel)
         consumer_tag = await queue.consume(self._on_message)
         self.consuming = True
-        log.info("worker_started", queue=self.topology.queue, concurrency=self.pool._max_workers)
+        log.info("worker_started", queue=self.topology.queue, concurrency=self.concurrency)
         await self.stopping.wait()
         self.consuming = False
         with contextlib.suppress(Exception):
             await queue.cancel(consumer_tag)
         await self._drain()
         await self._close()
+
+    @property
+    def concurrency(self) -> int:
+        return self.settings.worker_concurrency
+
+    def is_ready(self) -> bool:
+        """Ready means taking work: consuming on a live connection, not shutting down."""
+        return self.consuming and self.broker.is_connected and not self.stopping.is_set()
+
+    def _start_http(self) -> None:
+        if self.settings.worker_http_port:
+            self.http, self.http_task = worker_http.start(
+                self.settings.worker_http_port, self.is_ready
+            )
 
     async def _wait_for_broker(self) -> None:
         connected = asyncio.create_task(self.broker.wait_connected())
@@ -102,6 +121,9 @@ class Worker:
         log.info("worker_drained", unfinished=len(unfinished))
 
     async def _close(self) -> None:
+        if self.http is not None and self.http_task is not None:
+            self.http.should_exit = True
+            await self.http_task
         await self.broker.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         await self.repo.engine.dispose()
@@ -111,9 +133,12 @@ class Worker:
         task = asyncio.current_task()
         assert task is not None
         self.in_flight.add(task)
+        metrics.JOBS_IN_FLIGHT.inc()
         try:
-            await self.handle(message)
+            with metrics.JOB_SECONDS.time():
+                await self.handle(message)
         finally:
+            metrics.JOBS_IN_FLIGHT.dec()
             self.in_flight.discard(task)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
@@ -130,6 +155,7 @@ class Worker:
             log.error(
                 "job_dead_lettered", reason=str(exc), body=message.body[:200].decode("latin-1")
             )
+            metrics.JOBS.labels("dead_lettered").inc()
             await message.reject(requeue=False)
         except TRANSIENT as exc:
             await self._retry_or_give_up(message, exc)
@@ -147,6 +173,7 @@ class Worker:
             raise PoisonMessage(f"no image with id {job.image_id}")
         if row.status in TERMINAL:
             log.info("job_already_finished", status=row.status)
+            metrics.JOBS.labels("skipped").inc()
             return
         started = time.perf_counter()
         try:
@@ -154,8 +181,10 @@ class Worker:
         except imaging.ImagingError as exc:
             await self.repo.mark_error(row.id, str(exc))
             log.warning("job_failed", reason=str(exc))
+            metrics.JOBS.labels("error").inc()
             return
         await self.repo.mark_done(row.id, thumbnails)
+        metrics.JOBS.labels("done").inc()
         log.info("job_done", duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def _make_thumbnails(self, row: Image) -> dict[str, Any]:
@@ -164,16 +193,30 @@ class Worker:
 
     def _thumbnails_sync(self, row: Image) -> dict[str, Any]:
         """Runs in the pool: read, decode, resize, encode, write; no event-loop work here."""
+        metrics.POOL_BUSY.inc()
+        timings: dict[str, float] = {}
+        try:
+            return self._thumbnails_timed(row, timings)
+        finally:
+            metrics.POOL_BUSY.dec()
+            for stage, seconds in timings.items():
+                metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+
+    def _thumbnails_timed(self, row: Image, timings: dict[str, float]) -> dict[str, Any]:
+        started = time.perf_counter()
         try:
             source = self.store.path(row.original_key).read_bytes()
         except OSError as exc:
             raise StoreError(f"could not read the original: {exc.strerror or exc}") from exc
+        timings["read"] = time.perf_counter() - started
         thumbnails = imaging.make_thumbnails(
             source,
             self.settings.thumbnail_boxes,
             max_pixels=self.settings.max_image_pixels,
             jpeg_quality=self.settings.jpeg_quality,
+            timings=timings,
         )
+        started = time.perf_counter()
         entries: dict[str, Any] = {}
         for thumb in thumbnails:
             key = thumbnail_key(str(row.id), thumb.label, thumb.extension)
@@ -184,6 +227,7 @@ class Worker:
                 "height": thumb.height,
                 "media_type": thumb.media_type,
             }
+        timings["write"] = time.perf_counter() - started
         return entries
 
     async def _retry_or_give_up(self, message: AbstractIncomingMessage, exc: Exception) -> None:
@@ -197,6 +241,7 @@ class Worker:
                 await message.nack(requeue=True)
                 return
             log.warning("job_retry_scheduled", attempt=job.attempt + 1, reason=reason)
+            metrics.JOBS.labels("retried").inc()
             await message.ack()
             return
         with contextlib.suppress(*TRANSIENT):
@@ -204,6 +249,7 @@ class Worker:
                 job.image_id, f"gave up after {job.attempt} retries: {reason}"
             )
         log.error("job_dead_lettered", reason=reason, attempts=job.attempt)
+        metrics.JOBS.labels("dead_lettered").inc()
         await message.reject(requeue=False)
 
 

@@ -13,8 +13,10 @@ import structlog
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from thumbnailer import metrics
 from thumbnailer.api.errors import install_error_handlers
 from thumbnailer.api.files import ImmutableFiles
 from thumbnailer.api.routes import router
@@ -28,6 +30,7 @@ from thumbnailer.store import LocalStore
 
 log = get_logger(__name__)
 REQUEST_ID = "X-Request-ID"
+GAUGE_INTERVAL = 10.0
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -54,14 +57,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.repo, state.broker, settings.relay_interval, settings.processing_timeout
         )
         relay_task = asyncio.create_task(relay.run())
+        gauges_task = asyncio.create_task(refresh_gauges(state))
         app.state.relay = relay
         log.info("api_started", port=settings.api_port)
         try:
             yield
         finally:
-            relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay_task
+            for task in (relay_task, gauges_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.broker.close()
             await state.repo.engine.dispose()
             log.info("api_stopped")
@@ -75,6 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = state
     install_error_handlers(app)
     app.include_router(router)
+    Instrumentator(should_group_status_codes=False, excluded_handlers=["/metrics"]).instrument(
+        app
+    ).expose(app, include_in_schema=False)
     app.mount("/files", ImmutableFiles(directory=settings.storage_path, check_dir=False))
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(
@@ -91,6 +99,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         validator=lambda value: bool(_REQUEST_ID_SHAPE.match(value)),
     )
     return app
+
+
+async def refresh_gauges(state: AppState, interval: float = GAUGE_INTERVAL) -> None:
+    """Row counts and queue depths, refreshed on a timer so a scrape never waits on them."""
+    while True:
+        try:
+            for status, count in (await state.repo.count_by_status()).items():
+                metrics.IMAGES_BY_STATUS.labels(status).set(count)
+            for queue, depth in (await state.broker.queue_depths()).items():
+                metrics.QUEUE_MESSAGES.labels(queue).set(depth)
+        except Exception as exc:  # a dependency is down; health endpoints report that
+            log.debug("gauges_refresh_failed", error=str(exc))
+        await asyncio.sleep(interval)
 
 
 class AccessLogMiddleware:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import SQLAlchemyError
 
-from thumbnailer import imaging
+from thumbnailer import imaging, metrics
 from thumbnailer.api.errors import ApiError, error_responses
 from thumbnailer.api.schemas import HealthOut, ImageOut, ProbeOut, UploadAccepted
 from thumbnailer.api.state import AppState, get_state
@@ -69,6 +69,8 @@ async def upload_image(request: Request, response: Response, state: State) -> Up
         received.size, request_id,
     )  # fmt: skip
     await _record(state, row)
+    metrics.UPLOAD_BYTES.inc(received.size)
+    metrics.UPLOAD_SIZE.observe(received.size)
     status = await _enqueue(state, Job(image_id, request_id))
     response.headers["Location"] = f"/images/{image_id}"
     log.info("image_accepted", image_id=str(image_id), bytes=received.size, format=info.format)
@@ -110,6 +112,7 @@ async def _enqueue(state: AppState, job: Job) -> Any:
         await state.broker.publish(job)
     except BrokerUnavailable as exc:
         log.warning("publish_deferred", image_id=str(job.image_id), error=str(exc))
+        metrics.PUBLISH_FAILURES.inc()
         return Status.NEW.value
     try:
         await state.repo.mark_processing(job.image_id)

@@ -1,0 +1,77 @@
+"""Every Prometheus metric of both processes, defined in one place.
+
+With several API processes (uvicorn --workers), set PROMETHEUS_MULTIPROC_DIR to a shared empty
+directory: prometheus-client then aggregates across processes and `render` reads from it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+STAGES = ("read", "decode", "resize", "encode", "write")
+_STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SIZE_BUCKETS = tuple(2.0**n for n in range(10, 31, 2))  # 1 KiB .. 1 GiB
+
+# API
+UPLOAD_BYTES = Counter("thumbnailer_upload_bytes", "Bytes of accepted uploads.")
+UPLOAD_SIZE = Histogram(
+    "thumbnailer_upload_size_bytes", "Size of accepted uploads.", buckets=_SIZE_BUCKETS
+)
+PUBLISH_FAILURES = Counter(
+    "thumbnailer_publish_failures", "Jobs that could not be published (left for the relay)."
+)
+RELAY_REPUBLISHED = Counter(
+    "thumbnailer_relay_republished", "Jobs the relay published for NEW or stale rows."
+)
+IMAGES_BY_STATUS = Gauge(
+    "thumbnailer_images", "Rows by status.", ["status"], multiprocess_mode="livemax"
+)
+QUEUE_MESSAGES = Gauge(
+    "thumbnailer_queue_messages",
+    "Messages ready in each queue.",
+    ["queue"],
+    multiprocess_mode="livemax",
+)
+
+# Worker
+JOBS = Counter(
+    "thumbnailer_jobs",
+    "Jobs settled, by outcome: done, error, retried, dead_lettered, skipped.",
+    ["outcome"],
+)
+JOB_SECONDS = Histogram(
+    "thumbnailer_job_duration_seconds", "Wall time of one job, delivery to ack.",
+    buckets=_STAGE_BUCKETS,
+)  # fmt: skip
+STAGE_SECONDS = Histogram(
+    "thumbnailer_job_stage_seconds", "Time per processing stage.", ["stage"],
+    buckets=_STAGE_BUCKETS,
+)  # fmt: skip
+JOBS_IN_FLIGHT = Gauge(
+    "thumbnailer_jobs_in_flight", "Jobs being processed now.", multiprocess_mode="livesum"
+)
+POOL_BUSY = Gauge(
+    "thumbnailer_pool_busy_threads", "Imaging threads busy now.", multiprocess_mode="livesum"
+)
+POOL_SIZE = Gauge(
+    "thumbnailer_pool_threads", "Imaging threads available.", multiprocess_mode="livesum"
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for this process, or for all processes in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,82 @@
+"""A TCP proxy the tests control, to cut and restore a service's link to a shared server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+from tests.support import free_port
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target; `cut()` drops every link and refuses new ones."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> TcpProxy:
+        self.thread.start()
+        self.restore()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    def _run(self, coro: object) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
+
+    def cut(self) -> None:
+        """Close the listener and every open connection: both ends see the link die."""
+        self._run(self._cut())
+
+    def restore(self) -> None:
+        self._run(self._listen())
+
+    async def _listen(self) -> None:
+        if self.server is None:
+            self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _cut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for writer in list(self.links):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+        self.links.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.links |= {writer, upstream_writer}
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.links.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def url(self, template: str) -> str:
+        """Rewrite a URL's host:port to go through this proxy."""
+        host, port = self.target
+        return template.replace(f"{host}:{port}", f"127.0.0.1:{self.port}")
