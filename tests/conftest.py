@@ -154,6 +154,9 @@ def settings_environment(settings: Settings, api_port: int, worker_port: int) ->
         "RELAY_INTERVAL": str(settings.relay_interval),
         "RETRY_BASE_DELAY": str(settings.retry_base_delay),
         "PROCESSING_TIMEOUT": str(settings.processing_timeout),
+        "MAX_RETRIES": str(settings.max_retries),
+        "WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        "SHUTDOWN_GRACE_PERIOD": str(settings.shutdown_grace_period),
         "MAX_FILE_SIZE": str(settings.max_file_size),
         "LOG_LEVEL": settings.log_level,
     }
