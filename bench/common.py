@@ -1,0 +1,108 @@
+"""Shared helpers of the benchmark: corpus, timing, result files and tables."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / ".cache"
+RESULTS = ROOT / "results"
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth shapes, gradients and fine grain: compresses like a photo (~2-4 bits/pixel)."""
+    coarse = Image.effect_noise((max(2, width // 64), max(2, height // 64)), 90 + seed)
+    smooth = coarse.resize((width, height), Image.Resampling.BICUBIC)
+    gradient = Image.linear_gradient("L").resize((width, height))
+    grain = Image.effect_noise((width, height), 60)
+    red = Image.blend(Image.blend(smooth, gradient, 0.4), grain, 0.25)
+    green = Image.blend(smooth.transpose(Image.Transpose.FLIP_LEFT_RIGHT), grain, 0.2)
+    blue = Image.blend(smooth.transpose(Image.Transpose.FLIP_TOP_BOTTOM), grain, 0.3)
+    return Image.merge("RGB", (red, green, blue))
+
+
+def corpus_file(name: str, make: Callable[[], bytes]) -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / name
+    if not path.exists():
+        path.write_bytes(make())
+    return path
+
+
+def encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def median_ms(run: Callable[[], object], repeat: int) -> float:
+    run()  # warm caches and lazy imports
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    import PIL
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"Pillow {PIL.__version__}"
+    )
+
+
+def write_results(sections: dict[str, dict[str, Any]]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    document = {"date": day, "commit": commit, "machine": machine(), "sections": sections}
+    (RESULTS / f"{day}.json").write_text(json.dumps(document, indent=2))
+    markdown = [f"# Benchmark {day} ({commit})", "", f"Machine: {document['machine']}", ""]
+    for name, section in sections.items():
+        markdown += [f"## {name}", "", section["markdown"], ""]
+    path = RESULTS / f"{day}.md"
+    path.write_text("\n".join(markdown))
+    return path
