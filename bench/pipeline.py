@@ -151,7 +151,11 @@ def pipeline(data: bytes, count: int, concurrency: int) -> dict[str, Any]:
         started = time.perf_counter()
         latencies = asyncio.run(upload_all(running.base_url, data, count, concurrency))
         upload_seconds = time.perf_counter() - started
+        uploads_ended = time.time()
         times = asyncio.run(done_times(running.database_url, count, timeout=300))
+    # Sustained: once the burst is in, only the worker runs; during the burst the API's
+    # upload handling shares the same two cores.
+    after_burst = [(c, u) for c, u in times if u >= uploads_ended]
     to_done = [u - c for c, u in times]
     return {
         "uploads": count,
@@ -161,7 +165,9 @@ def pipeline(data: bytes, count: int, concurrency: int) -> dict[str, Any]:
         "uploads_per_s": count / upload_seconds,
         "to_done_p50_ms": percentile(to_done, 50) * 1000,
         "to_done_p99_ms": percentile(to_done, 99) * 1000,
-        "done_per_s": sustained_rate(times),
+        "done_per_s_during_burst": sustained_rate(times),
+        "done_per_s": sustained_rate(after_burst),
+        "done_after_burst": len(after_burst),
         "done": len(times),
     }
 
@@ -293,7 +299,7 @@ def run(imaging: dict[str, Any] | None, quick: bool = False) -> dict[str, Any]:
     small = corpus_file(
         "jpeg_640x480.jpg", lambda: encoded(photo_like(640, 480, 5), "JPEG", quality=90)
     )
-    n = 60 if quick else 150
+    n = 80 if quick else 200
     flow = pipeline(twelve.read_bytes(), n, 8)
     raw = (imaging or {}).get("images_per_second_12mp", {}).get(2)
     flow["efficiency"] = flow["done_per_s"] / raw if raw else float("nan")
