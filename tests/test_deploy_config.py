@@ -85,3 +85,12 @@ def test_keda_scales_on_the_configured_queue() -> None:
     scaled = next(doc for doc in keda if doc["kind"] == "ScaledObject")
     config = yaml.safe_load((ROOT / "k8s" / "configmap.yaml").read_text())
     assert scaled["spec"]["triggers"][0]["metadata"]["queueName"] == config["data"]["QUEUE_NAME"]
+
+
+def test_env_example_and_readme_document_every_setting() -> None:
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    documented = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line}
+    assert documented == SETTINGS
+    missing = {name for name in SETTINGS if f"`{name}`" not in readme}
+    assert not missing, missing

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     api_workers: int = Field(
         1, ge=1, description="uvicorn worker processes; metrics are then aggregated across them."
     )
+    max_poll_wait: float = Field(
+        30.0, ge=0, description="Longest `?wait=` a status request may hold, in seconds."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed by CORS; * allows any.",

@@ -17,11 +17,13 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    cast,
     func,
     insert,
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -37,6 +39,7 @@ class Status(enum.StrEnum):
 
 
 TERMINAL = (Status.DONE, Status.ERROR)
+STATUS_CHANNEL = "thumbnailer_image_status"
 OPEN = (Status.NEW, Status.PROCESSING)
 
 
@@ -146,14 +149,33 @@ class Repo:
     async def _transition(
         self, image_id: uuid.UUID, allowed: tuple[Status, ...], **values: Any
     ) -> bool:
-        stmt = (
+        changed = (
             update(Image)
             .where(Image.id == image_id, Image.status.in_(allowed))
             .values(**values, updated_at=func.now())
             .returning(Image.id)
+            .cte("changed")
         )
+        # The notification leaves with the commit, in the same statement: long-polling API
+        # processes wake on it instead of re-reading the row.
+        stmt = select(changed.c.id, func.pg_notify(STATUS_CHANNEL, cast(changed.c.id, Text)))
         async with self.engine.begin() as conn:
             return (await conn.execute(stmt)).first() is not None
+
+    async def page(
+        self,
+        limit: int,
+        status: Status | None = None,
+        after: tuple[datetime, uuid.UUID] | None = None,
+    ) -> list[Image]:
+        """Newest first; `after` is the (created_at, id) of the last row already seen."""
+        stmt = select(Image).order_by(Image.created_at.desc(), Image.id.desc()).limit(limit)
+        if status is not None:
+            stmt = stmt.where(Image.status == status)
+        if after is not None:
+            stmt = stmt.where(tuple_(Image.created_at, Image.id) < tuple_(*after))
+        async with self.sessions() as session:
+            return list((await session.scalars(stmt)).all())
 
     async def claim_stale(
         self, new_after: float, processing_after: float, limit: int = 100

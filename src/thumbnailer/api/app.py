@@ -13,14 +13,17 @@ import structlog
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thumbnailer import metrics
 from thumbnailer.api.errors import install_error_handlers
 from thumbnailer.api.files import ImmutableFiles
+from thumbnailer.api.notify import StatusNotifier
 from thumbnailer.api.routes import router
 from thumbnailer.api.state import AppState
+from thumbnailer.api.web import router as web_router
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings, get_settings
 from thumbnailer.logging import configure_logging, get_logger
@@ -41,6 +44,7 @@ def build_state(settings: Settings) -> AppState:
         repo=Repo(create_engine(settings.database_url, settings.database_pool_size)),
         store=LocalStore(settings.storage_path),
         broker=Broker(settings.rabbitmq_url, topology),
+        notifier=StatusNotifier(settings.database_url),
     )
 
 
@@ -58,12 +62,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         relay_task = asyncio.create_task(relay.run())
         gauges_task = asyncio.create_task(refresh_gauges(state))
+        notifier_task = asyncio.create_task(state.notifier.run())
         app.state.relay = relay
         log.info("api_started", port=settings.api_port)
         try:
             yield
         finally:
-            for task in (relay_task, gauges_task):
+            for task in (relay_task, gauges_task, notifier_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -80,10 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = state
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(web_router)
     Instrumentator(should_group_status_codes=False, excluded_handlers=["/metrics"]).instrument(
         app
     ).expose(app, include_in_schema=False)
     app.mount("/files", ImmutableFiles(directory=settings.storage_path, check_dir=False))
+    app.mount("/static", StaticFiles(packages=[("thumbnailer", "static")]), name="static")
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(
         CORSMiddleware,

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from asgi_correlation_id import correlation_id
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import SQLAlchemyError
 
 from thumbnailer import imaging, metrics
 from thumbnailer.api.errors import ApiError, error_responses
-from thumbnailer.api.schemas import HealthOut, ImageOut, ProbeOut, UploadAccepted
+from thumbnailer.api.schemas import (
+    HealthOut,
+    ImageOut,
+    ImagePage,
+    ProbeOut,
+    StatusName,
+    UploadAccepted,
+)
 from thumbnailer.api.state import AppState, get_state
 from thumbnailer.api.uploads import ReceivedFile, receive_file
 from thumbnailer.broker import BrokerUnavailable, Job
 from thumbnailer.logging import get_logger
-from thumbnailer.repo import Image, NewImage, Status
+from thumbnailer.repo import TERMINAL, Image, NewImage, Status
 from thumbnailer.store import original_key
 
 log = get_logger(__name__)
@@ -128,23 +138,109 @@ def _request_id(request: Request) -> str | None:
 
 
 @router.get(
+    "/images",
+    response_model=ImagePage,
+    responses=error_responses(422, 503),
+    summary="Recent images, newest first",
+)
+async def list_images(
+    request: Request,
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    status: Annotated[StatusName | None, Query(description="Only rows in this status")] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> ImagePage:
+    after = decode_cursor(cursor) if cursor else None
+    try:
+        rows = await state.repo.page(limit + 1, Status(status) if status else None, after)
+    except (SQLAlchemyError, OSError) as exc:
+        raise DATABASE_DOWN from exc
+    base, boxes = state.url_base(request), state.settings.thumbnail_boxes
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ImagePage(
+        items=[present(row, base, boxes) for row in rows],
+        next_cursor=encode_cursor(rows[-1]) if more else None,
+    )
+
+
+def encode_cursor(row: Image) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, image_id = raw.split("|")
+        return datetime.fromisoformat(created), uuid.UUID(image_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "invalid_cursor", "cursor is not one this API handed out") from exc
+
+
+@router.get(
     "/images/{image_id}",
     response_model=ImageOut,
-    responses=error_responses(404, 422, 503),
+    responses={
+        304: {"description": "Not modified (If-None-Match)"},
+        **error_responses(404, 422, 503),
+    },
     summary="Status and URLs of one image",
 )
 async def get_image(
     request: Request,
+    response: Response,
     state: State,
     image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
-) -> ImageOut:
+    wait: Annotated[
+        float, Query(ge=0, description="Long-poll: wait up to this many seconds for a change")
+    ] = 0,
+) -> Any:
+    row = await _load(state, image_id)
+    known = request.headers.get("if-none-match")
+    deadline = time.monotonic() + min(wait, state.settings.max_poll_wait)
+    first = row
+    while row.status not in TERMINAL and not _changed(first, row, known, request):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        await state.notifier.wait(str(image_id), remaining)
+        row = await _load(state, image_id)
+    headers = _poll_headers(row, request)
+    if known is not None and known == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    response.headers.update(headers)
+    return present(row, state.url_base(request), state.settings.thumbnail_boxes)
+
+
+async def _load(state: AppState, image_id: uuid.UUID) -> Image:
     try:
         row = await state.repo.get(image_id)
     except (SQLAlchemyError, OSError) as exc:
         raise DATABASE_DOWN from exc
     if row is None:
         raise ApiError(404, "image_not_found", f"no image with id {image_id}")
-    return present(row, state.url_base(request), state.settings.thumbnail_boxes)
+    return row
+
+
+def etag(row: Image, request: Request) -> str:
+    """Changes whenever the JSON would: status and update time, and the host URLs are built on."""
+    seed = f"{row.status}|{row.updated_at.isoformat()}|{request.base_url}"
+    return f'W/"{hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()}"'
+
+
+def _changed(first: Image, current: Image, known: str | None, request: Request) -> bool:
+    """With If-None-Match, a change is a new ETag; without it, a new status."""
+    if known is not None:
+        return etag(current, request) != known
+    return current.status != first.status
+
+
+def _poll_headers(row: Image, request: Request) -> dict[str, str]:
+    headers = {"ETag": etag(row, request), "Cache-Control": "no-cache"}
+    if row.status not in TERMINAL:
+        headers["Retry-After"] = "1"
+    return headers
 
 
 def present(row: Image, base: str, boxes: list[tuple[int, int]]) -> ImageOut:

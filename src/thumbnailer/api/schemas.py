@@ -43,3 +43,10 @@ class HealthOut(BaseModel):
 
 class ProbeOut(BaseModel):
     status: Literal["ok", "unavailable"]
+
+
+class ImagePage(BaseModel):
+    items: list[ImageOut]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page."
+    )

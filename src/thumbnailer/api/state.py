@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from thumbnailer.api.notify import StatusNotifier
 from thumbnailer.broker import Broker
 from thumbnailer.config import Settings
 from thumbnailer.repo import Repo
@@ -18,6 +19,7 @@ class AppState:
     repo: Repo
     store: LocalStore
     broker: Broker
+    notifier: StatusNotifier
 
     def url_base(self, request: Request) -> str:
         """Where clients reach us: the configured public URL, else the URL they used."""
