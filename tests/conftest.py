@@ -70,6 +70,7 @@ def make_settings(base_database_url: str, storage: Path, **overrides: object) ->
         "log_level": "INFO",
         "relay_interval": 1.0,
         "retry_base_delay": 0.2,
+        "max_poll_wait": 5.0,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
@@ -155,6 +156,7 @@ def settings_environment(settings: Settings, api_port: int, worker_port: int) ->
         "RETRY_BASE_DELAY": str(settings.retry_base_delay),
         "PROCESSING_TIMEOUT": str(settings.processing_timeout),
         "MAX_RETRIES": str(settings.max_retries),
+        "MAX_POLL_WAIT": str(settings.max_poll_wait),
         "WORKER_CONCURRENCY": str(settings.worker_concurrency),
         "SHUTDOWN_GRACE_PERIOD": str(settings.shutdown_grace_period),
         "MAX_FILE_SIZE": str(settings.max_file_size),

@@ -193,7 +193,8 @@ async def get_image(
     state: State,
     image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
     wait: Annotated[
-        float, Query(ge=0, description="Long-poll: wait up to this many seconds for a change")
+        float,
+        Query(ge=0, le=300, description="Long-poll: seconds to wait for a change (capped)"),
     ] = 0,
 ) -> Any:
     row = await _load(state, image_id)
