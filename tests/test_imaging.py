@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests.corpus import huge_png_header
 from tests.images import (
     RED,
     animated,
@@ -177,16 +178,6 @@ def test_truncated_files_are_corrupt(fmt: str) -> None:
     data = encode(Image.effect_noise((800, 600), 50).convert("RGB"), fmt)
     with pytest.raises(imaging.CorruptImage):
         thumbs(data[: len(data) // 2])
-
-
-def huge_png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height, with a tiny body."""
-    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
-    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
-    import zlib
-
-    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
-    return bytes(data)
 
 
 def test_pixel_limit_refuses_before_decoding(tmp_path: Path) -> None:
