@@ -146,7 +146,9 @@ def run_both(settings: Settings) -> int:
         except subprocess.TimeoutExpired:
             continue
     forward(signal.SIGTERM, None)
-    return max(abs(child.wait()) for child in children)
+    # uvicorn re-raises the signal it stopped on; a stop we asked for is a clean exit.
+    clean = {0, -signal.SIGTERM, -signal.SIGINT}
+    return max((0 if child.wait() in clean else 1) for child in children)
 
 
 def main(argv: list[str] | None = None) -> None:
