@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from thumbnailer.config import Settings, get_settings
@@ -99,25 +101,45 @@ async def check_rabbitmq(url: str) -> None:
     await connection.close()
 
 
+@contextlib.contextmanager
+def metrics_directory(settings: Settings) -> Iterator[None]:
+    """An empty directory where the API processes pool their metrics, when they need one."""
+    # prometheus-client reads PROMETHEUS_MULTIPROC_DIR once, on import: set it before the app.
+    if settings.prometheus_multiproc_dir:
+        directory = Path(settings.prometheus_multiproc_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()  # a previous run's counters would be added to this run's
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        yield
+    elif settings.api_workers > 1:
+        with tempfile.TemporaryDirectory(prefix="thumbnailer-metrics-") as temporary:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = temporary
+            yield
+    else:
+        yield
+
+
 def serve_api(settings: Settings) -> None:
     import uvicorn
 
-    if settings.api_workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # prometheus-client aggregates processes through files in a shared directory.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="thumbnailer-metrics-")
-    uvicorn.run(
-        "thumbnailer.api.app:create_app",
-        factory=True,
-        workers=settings.api_workers,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        proxy_headers=True,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_period),
-    )
+    with metrics_directory(settings):
+        uvicorn.run(
+            "thumbnailer.api.app:create_app",
+            factory=True,
+            workers=settings.api_workers,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_config=None,
+            proxy_headers=True,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_period),
+        )
 
 
 def serve_worker(settings: Settings) -> None:
+    # One process: its metrics stay in memory even when a shared environment names the API's
+    # directory, which would otherwise mix both processes' metrics (or fail where it is absent).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from thumbnailer.logging import configure_logging
     from thumbnailer.worker import run_worker
 

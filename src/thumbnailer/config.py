@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     api_workers: int = Field(
         1, ge=1, description="uvicorn worker processes; metrics are then aggregated across them."
     )
+    prometheus_multiproc_dir: str = Field(
+        "",
+        description="Directory where API processes pool their metrics, emptied at start; "
+        "empty means a fresh temporary one when API_WORKERS > 1.",
+    )
     max_poll_wait: float = Field(
         30.0, ge=0, description="Longest `?wait=` a status request may hold, in seconds."
     )

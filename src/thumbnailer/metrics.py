@@ -1,7 +1,9 @@
 """Every Prometheus metric of both processes, defined in one place.
 
-With several API processes (uvicorn --workers), set PROMETHEUS_MULTIPROC_DIR to a shared empty
-directory: prometheus-client then aggregates across processes and `render` reads from it.
+With several API processes (uvicorn --workers), PROMETHEUS_MULTIPROC_DIR names a shared empty
+directory (the CLI prepares it before any process imports this module): prometheus-client then
+writes each process's values there and `render` aggregates them. The worker is one process and
+never uses it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client import (
 )
 
 STAGES = ("read", "decode", "resize", "encode", "write")
+OUTCOMES = ("done", "error", "retried", "dead_lettered", "skipped")
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SIZE_BUCKETS = tuple(2.0**n for n in range(10, 31, 2))  # 1 KiB .. 1 GiB
 
@@ -33,14 +36,16 @@ PUBLISH_FAILURES = Counter(
 RELAY_REPUBLISHED = Counter(
     "thumbnailer_relay_republished", "Jobs the relay published for NEW or stale rows."
 )
+# Every API process measures the same global facts: the latest measurement wins, so a process
+# that died is outvoted by the next refresh of a live one (live* modes would need a death hook).
 IMAGES_BY_STATUS = Gauge(
-    "thumbnailer_images", "Rows by status.", ["status"], multiprocess_mode="livemax"
+    "thumbnailer_images", "Rows by status.", ["status"], multiprocess_mode="mostrecent"
 )
 QUEUE_MESSAGES = Gauge(
     "thumbnailer_queue_messages",
     "Messages ready in each queue.",
     ["queue"],
-    multiprocess_mode="livemax",
+    multiprocess_mode="mostrecent",
 )
 
 # Worker
@@ -66,6 +71,12 @@ POOL_BUSY = Gauge(
 POOL_SIZE = Gauge(
     "thumbnailer_pool_threads", "Imaging threads available.", multiprocess_mode="livesum"
 )
+
+# Series exist at zero from the start, so rate() and ratios work before the first event.
+for _outcome in OUTCOMES:
+    JOBS.labels(_outcome)
+for _stage in STAGES:
+    STAGE_SECONDS.labels(_stage)
 
 
 def render() -> tuple[bytes, str]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -189,7 +191,9 @@ class Worker:
 
     async def _make_thumbnails(self, row: Image) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self._thumbnails_sync, row)
+        # run_in_executor drops context variables; carry them so pool lines keep the job's ids.
+        in_context = functools.partial(contextvars.copy_context().run, self._thumbnails_sync, row)
+        return await loop.run_in_executor(self.pool, in_context)
 
     def _thumbnails_sync(self, row: Image) -> dict[str, Any]:
         """Runs in the pool: read, decode, resize, encode, write; no event-loop work here."""
@@ -201,6 +205,7 @@ class Worker:
             metrics.POOL_BUSY.dec()
             for stage, seconds in timings.items():
                 metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+            log.info("thumbnail_stages", ms={k: round(v * 1000, 1) for k, v in timings.items()})
 
     def _thumbnails_timed(self, row: Image, timings: dict[str, float]) -> dict[str, Any]:
         started = time.perf_counter()
