@@ -151,6 +151,7 @@ def settings_environment(settings: Settings, api_port: int, worker_port: int) ->
         "STORAGE_PATH": str(settings.storage_path),
         "API_HOST": "127.0.0.1",
         "API_PORT": str(api_port),
+        "API_WORKERS": str(settings.api_workers),
         "WORKER_HTTP_PORT": str(worker_port),
         "RELAY_INTERVAL": str(settings.relay_interval),
         "RETRY_BASE_DELAY": str(settings.retry_base_delay),

@@ -191,12 +191,14 @@ class Broker:
 
     async def queue_depths(self) -> dict[str, int]:
         """Messages ready in the work and dead-letter queues (a passive declare each)."""
-        if not self.is_connected or self._channel is None:
+        if not self.is_connected or self.connection is None:
             return {}
         depths = {}
-        for name in (self.topology.queue, self.topology.dead_letter_queue):
-            queue = await self._channel.declare_queue(name, passive=True)
-            depths[name] = queue.declaration_result.message_count or 0
+        # A passive declare of a missing queue closes its channel: keep that off the publisher's.
+        async with self.connection.channel() as channel:
+            for name in (self.topology.queue, self.topology.dead_letter_queue):
+                queue = await channel.declare_queue(name, passive=True)
+                depths[name] = queue.declaration_result.message_count or 0
         return depths
 
     async def close(self) -> None:
