@@ -59,7 +59,11 @@ class LocalStore:
 
     async def commit(self, tmp: Path, key: str) -> None:
         """Move a finished temp file into place under `key`."""
-        self._rename(tmp, key)
+        try:
+            self._rename(tmp, key)
+        except OSError as exc:
+            await self.discard(tmp)
+            raise StoreError(f"could not store {key}: {exc.strerror or exc}") from exc
 
     def _rename(self, tmp: Path, key: str) -> None:
         target = self.path(key)

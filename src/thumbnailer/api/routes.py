@@ -26,11 +26,11 @@ from thumbnailer.api.schemas import (
     UploadAccepted,
 )
 from thumbnailer.api.state import AppState, get_state
-from thumbnailer.api.uploads import ReceivedFile, receive_file
+from thumbnailer.api.uploads import STORAGE_DOWN, ReceivedFile, receive_file
 from thumbnailer.broker import BrokerUnavailable, Job
 from thumbnailer.logging import get_logger
 from thumbnailer.repo import TERMINAL, Image, NewImage, Status
-from thumbnailer.store import original_key
+from thumbnailer.store import StoreError, original_key
 
 log = get_logger(__name__)
 router = APIRouter()
@@ -68,11 +68,15 @@ async def upload_image(request: Request, response: Response, state: State) -> Up
     received = await receive_file(request, state.store, state.settings.max_file_size)
     try:
         info = await _probe(received, state.settings.max_image_pixels)
-        image_id = uuid.uuid4()
-        key = original_key(str(image_id), EXTENSIONS[info.format])
-        await state.store.commit(received.path, key)
-    finally:
+    except ApiError:
         await state.store.discard(received.path)
+        raise
+    image_id = uuid.uuid4()
+    key = original_key(str(image_id), EXTENSIONS[info.format])
+    try:
+        await state.store.commit(received.path, key)
+    except StoreError as exc:
+        raise STORAGE_DOWN from exc
     request_id = _request_id(request)
     row = NewImage(
         image_id, key, received.filename, info.media_type, info.width, info.height,

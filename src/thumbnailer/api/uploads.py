@@ -104,6 +104,11 @@ def declared_length(request: Request) -> int | None:
         return None
 
 
+STORAGE_DOWN = ApiError(
+    503, "storage_unavailable", "storage is unavailable; retry shortly", {"Retry-After": "5"}
+)
+
+
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "file_too_large", f"the file is larger than the limit of {limit} bytes")
 
@@ -123,6 +128,9 @@ async def receive_file(request: Request, store: LocalStore, max_size: int) -> Re
     except MultipartParseError as exc:
         await store.discard(tmp)
         raise ApiError(422, "malformed_multipart", f"malformed multipart body: {exc}") from exc
+    except OSError as exc:
+        await store.discard(tmp)
+        raise STORAGE_DOWN from exc
     except BaseException:
         await store.discard(tmp)
         raise
