@@ -14,9 +14,11 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    Select,
     String,
     Text,
     and_,
+    bindparam,
     cast,
     func,
     insert,
@@ -106,11 +108,37 @@ def _seconds(value: float) -> Any:
     return func.make_interval(0, 0, 0, 0, 0, 0, value)
 
 
+def _transition_statement(allowed: tuple[Status, ...], *columns: str) -> Select[Any]:
+    """UPDATE ... WHERE status IN allowed, plus a NOTIFY that leaves with the same commit.
+
+    Built once per transition with bind parameters, so SQLAlchemy compiles it once.
+    Long-polling API processes wake on the notification instead of re-reading the row.
+    """
+    changed = (
+        update(Image)
+        .where(Image.id == bindparam("image_id"), Image.status.in_(allowed))
+        .values({column: bindparam(f"new_{column}") for column in columns})
+        .values(updated_at=func.now())
+        .returning(Image.id)
+        .cte("changed")
+    )
+    return select(changed.c.id, func.pg_notify(STATUS_CHANNEL, cast(changed.c.id, Text)))
+
+
+_INSERT = insert(Image)
+_TO_PROCESSING = _transition_statement((Status.NEW,), "status")
+_TO_DONE = _transition_statement(OPEN, "status", "thumbnails")
+_TO_ERROR = _transition_statement(OPEN, "status", "error")
+
+
 class Repo:
     """Rows of images. Every write is one short transaction; no session outlives a call."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # A single statement is its own transaction: one round trip instead of BEGIN, the
+        # statement and COMMIT, and just as durable.
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def add(self, new: NewImage) -> None:
@@ -125,10 +153,9 @@ class Repo:
             "size_bytes": new.size_bytes,
             "request_id": new.request_id,
         }
-        # Core statements on a plain connection: the ORM unit of work costs more CPU than the
-        # INSERT itself on the upload path.
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(Image), values)
+        # Core, not the ORM: the unit of work costs more CPU than the INSERT on the upload path.
+        async with self.autocommit.connect() as conn:
+            await conn.execute(_INSERT, values)
 
     async def get(self, image_id: uuid.UUID) -> Image | None:
         async with self.sessions() as session:
@@ -136,31 +163,22 @@ class Repo:
 
     async def mark_processing(self, image_id: uuid.UUID) -> bool:
         """NEW -> PROCESSING only; a worker that already finished keeps its DONE."""
-        return await self._transition(image_id, (Status.NEW,), status=Status.PROCESSING)
+        return await self._transition(_TO_PROCESSING, image_id, status=Status.PROCESSING.value)
 
     async def mark_done(self, image_id: uuid.UUID, thumbnails: dict[str, Any]) -> bool:
         return await self._transition(
-            image_id, OPEN, status=Status.DONE, thumbnails=thumbnails, error=None
+            _TO_DONE, image_id, status=Status.DONE.value, thumbnails=thumbnails
         )
 
     async def mark_error(self, image_id: uuid.UUID, reason: str) -> bool:
-        return await self._transition(image_id, OPEN, status=Status.ERROR, error=reason[:2000])
-
-    async def _transition(
-        self, image_id: uuid.UUID, allowed: tuple[Status, ...], **values: Any
-    ) -> bool:
-        changed = (
-            update(Image)
-            .where(Image.id == image_id, Image.status.in_(allowed))
-            .values(**values, updated_at=func.now())
-            .returning(Image.id)
-            .cte("changed")
+        return await self._transition(
+            _TO_ERROR, image_id, status=Status.ERROR.value, error=reason[:2000]
         )
-        # The notification leaves with the commit, in the same statement: long-polling API
-        # processes wake on it instead of re-reading the row.
-        stmt = select(changed.c.id, func.pg_notify(STATUS_CHANNEL, cast(changed.c.id, Text)))
-        async with self.engine.begin() as conn:
-            return (await conn.execute(stmt)).first() is not None
+
+    async def _transition(self, stmt: Select[Any], image_id: uuid.UUID, **values: Any) -> bool:
+        params = {"image_id": image_id, **{f"new_{k}": v for k, v in values.items()}}
+        async with self.autocommit.connect() as conn:
+            return (await conn.execute(stmt, params)).first() is not None
 
     async def page(
         self,
