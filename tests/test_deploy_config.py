@@ -5,11 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from importlib.metadata import distribution
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from thumbnailer.config import Settings
 
@@ -95,3 +98,33 @@ def test_env_example_and_readme_document_every_setting() -> None:
     assert documented == SETTINGS
     missing = {name for name in SETTINGS if f"`{name}`" not in readme}
     assert not missing, missing
+
+
+def pinned(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith(("#", "-")):
+            requirement = Requirement(line)
+            pins[canonicalize_name(requirement.name)] = line
+    return pins
+
+
+def test_runtime_requirements_pin_every_transitive_dependency() -> None:
+    """The images install requirements.txt with --no-deps, so nothing may be left to resolve."""
+    pins = pinned(ROOT / "requirements.txt")
+    wanted = [Requirement(line.split("==")[0]) for line in pins.values()]
+    seen: set[str] = set()
+    while wanted:
+        requirement = wanted.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        assert name in pins, f"{name} (needed by the runtime) is not pinned in requirements.txt"
+        extras = set(Requirement(pins[name]).extras) | set(requirement.extras)
+        for dependency in distribution(name).requires or []:
+            child = Requirement(dependency)
+            environments = [{"extra": extra} for extra in extras] or [{"extra": ""}]
+            if child.marker is None or any(child.marker.evaluate(e) for e in environments):
+                wanted.append(child)
+    assert len(seen) > 30
