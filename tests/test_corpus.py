@@ -7,6 +7,8 @@ import json
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import httpx
 import pytest
@@ -124,3 +126,26 @@ def test_openapi_fuzzing_finds_no_server_error(services: Services) -> None:
     )  # fmt: skip
     (ARTIFACTS / "schemathesis.txt").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_slightly_oversized_upload_reads_a_clean_413(services: Services, declared: bool) -> None:
+    """A plain client (urllib) sends the whole body before reading: it must still get the 413."""
+    body, content_type = multipart_body(
+        jpeg_bytes(64, 64) + b"\0" * (services.settings.max_file_size * 18 // 10)
+    )
+    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    request = urllib.request.Request(
+        f"{services.base_url}/images",
+        data=body if declared else chunks,
+        headers={"Content-Type": content_type},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read())["code"] == "file_too_large"
+
+
+def multipart_body(data: bytes) -> tuple[bytes, str]:
+    request = httpx.Request("POST", "http://x/images", files={"file": ("big.jpg", data)})
+    return request.read(), request.headers["content-type"]
