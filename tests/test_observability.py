@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,11 +14,20 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Services, make_settings
+from tests.conftest import Services, make_settings, settings_environment
 from tests.corpus import truncated
-from tests.support import ARTIFACTS, RABBITMQ_URL, jpeg_bytes, png_bytes
+from tests.support import (
+    ARTIFACTS,
+    RABBITMQ_URL,
+    ServiceProcess,
+    free_port,
+    jpeg_bytes,
+    png_bytes,
+    service_env,
+)
 from tests.tcp_proxy import TcpProxy
 from tests.test_e2e import wait_for_terminal
+from thumbnailer.config import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -239,3 +249,17 @@ def test_an_api_with_two_processes_reports_their_sums(two_process_api: Services)
         assert value(api, "http_requests_total", handler="/livez", method="GET", status="200") == 30
         assert value(api, "thumbnailer_upload_bytes_total") == sum(sizes)
         assert not [labels for _, labels in api if "pid" in dict(labels)]
+
+
+def test_a_worker_whose_probe_port_is_taken_exits_and_names_the_port(settings: Settings) -> None:
+    with socket.create_server(("0.0.0.0", 0)) as taken:  # the address the worker binds
+        port = taken.getsockname()[1]
+        env = service_env(settings_environment(settings, free_port(), port))
+        worker = ServiceProcess("worker", env, ARTIFACTS / "probe-port-taken" / "worker.log")
+        worker.start()
+        try:
+            exit_code = worker.wait(timeout=30)  # it used to hang here, serving nothing
+        finally:
+            worker.stop()
+    assert exit_code != 0
+    assert f"worker HTTP port {port}" in worker.logs()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable, Generator
 
 import uvicorn
@@ -49,13 +50,18 @@ def build_app(is_ready: Callable[[], bool]) -> Starlette:
     )
 
 
+def bind(port: int) -> socket.socket:
+    """The listening socket, bound now so a taken port fails the worker's start at once."""
+    try:
+        return socket.create_server(("0.0.0.0", port))  # noqa: S104 - kubelet probes come off-host
+    except OSError as exc:
+        raise OSError(exc.errno, f"worker HTTP port {port}: {exc.strerror}") from exc
+
+
 def start(port: int, is_ready: Callable[[], bool]) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    config = uvicorn.Config(
-        build_app(is_ready),
-        host="0.0.0.0",  # noqa: S104 - probes come from the kubelet, off-host
-        port=port,
-        log_config=None,
-        access_log=False,
-    )
+    # uvicorn would bind inside its task and sys.exit() there on failure, which leaves the
+    # worker neither serving nor exiting; binding here turns that into a plain, early error.
+    listener = bind(port)
+    config = uvicorn.Config(build_app(is_ready), log_config=None, access_log=False)
     server = _QuietServer(config)
-    return server, asyncio.create_task(server.serve())
+    return server, asyncio.create_task(server.serve(sockets=[listener]))
