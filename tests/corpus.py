@@ -1,12 +1,19 @@
 """The strange files people upload, each with the answer the service must give.
 
-`expected` is one of: "done" (thumbnails made; `size` is the displayed size), "error" (accepted,
-then ERROR with a reason), or an HTTP status refused at upload (413, 415, 422).
+`expected` is one of: "done" (thumbnails made; `size` is the displayed size, after EXIF
+orientation), "error" (accepted at upload because the header is fine, then ERROR with a reason
+once the worker decodes), or an HTTP status refused at upload (413, 415, 422). `outcome` spells
+the same as a word: "done", "error", "rejected_413", "rejected_415", "rejected_422".
+
+Truncated files end as "error", not as a refusal: the upload only reads the header (probe), which
+is intact, and decoding the whole file in the request would cost the API the decode time that the
+worker pool exists to take.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from dataclasses import dataclass, field
 
@@ -35,6 +42,10 @@ class Case:
     fields: tuple[str, ...] = ("file",)
     note: str = field(default="", compare=False)
 
+    @property
+    def outcome(self) -> str:
+        return self.expected if isinstance(self.expected, str) else f"rejected_{self.expected}"
+
 
 def huge_png_header(width: int, height: int) -> bytes:
     """A tiny PNG whose IHDR claims width x height (CRC fixed so decoders believe it)."""
@@ -44,9 +55,57 @@ def huge_png_header(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body).to_bytes(4, "big")
+    return len(body).to_bytes(4, "big") + kind + body + crc
+
+
+def black_png(width: int, height: int) -> bytes:
+    """A valid greyscale PNG of zeros, written without ever holding the pixels in memory.
+
+    A deflate block ended by a full flush refers to nothing before it, so one block of rows
+    can be repeated as often as needed; the Adler-32 of n zero bytes is (n mod 65521) << 16 | 1.
+    """
+    rows = next(r for r in (100, 64, 50, 40, 32, 25, 20, 16, 10, 8, 5, 4, 2, 1) if height % r == 0)
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = raw.compress(bytes((width + 1) * rows)) + raw.flush(zlib.Z_FULL_FLUSH)
+    adler = ((width + 1) * height % 65521) << 16 | 1
+    stream = b"\x78\xda" + block * (height // rows) + b"\x03\x00" + adler.to_bytes(4, "big")
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", stream)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 def decompression_bomb() -> bytes:
-    """20000 x 20000 of one grey: a few hundred KB that would decode to 400 MB."""
-    return encode(Image.new("L", (20000, 20000), 128), "PNG", optimize=True)
+    """20000 x 20000 black: ~400 KB on disk that would decode to 400 MB."""
+    return black_png(20000, 20000)
+
+
+def gif_frame_beyond_screen() -> bytes:
+    """A 10x10 GIF whose only frame claims 60000x60000: the real size is the frame's."""
+    data = bytearray(encode(Image.new("P", (10, 10)), "GIF"))
+    position = 13 + (3 << (data[10] & 7) + 1 if data[10] & 0x80 else 0)  # past the colour table
+    while data[position] == 0x21:  # skip extension blocks up to the image descriptor
+        position += 2
+        while data[position]:
+            position += data[position] + 1
+        position += 1
+    assert data[position] == 0x2C
+    data[position + 5 : position + 9] = struct.pack("<HH", 60000, 60000)  # after x, y
+    return bytes(data)
+
+
+def mpo() -> bytes:
+    """Multi-picture JPEG as phones write it (a second picture after the first)."""
+    first, second = Image.new("RGB", (300, 200), (250, 0, 0)), Image.new("RGB", (300, 200))
+    return encode(first, "MPO", save_all=True, append_images=[second])
 
 
 def gps_exif_jpeg() -> bytes:
@@ -104,8 +163,10 @@ def cases() -> list[Case]:
         ),
         Case("gps_camera_exif", gps_exif_jpeg(), "done", (640, 480)),
         Case("jpeg_with_zip_appended", jpeg + b"PK\x03\x04" + b"z" * 4000, "done", (640, 480)),
+        Case("mpo_jpeg", mpo(), "done", (300, 200), note="phone JPEG with a second picture"),
         Case("truncated_jpeg", truncated("JPEG"), "error", note="header fine, data cut"),
-        Case("truncated_png", truncated("PNG"), "error", filename="a.png"),
+        Case("truncated_png", truncated("PNG"), "error", filename="a.png", note="IHDR fine"),
+        Case("png_signature_then_garbage", PNG_SIGNATURE + b"garbage" * 20, 415, "a.png"),
         Case("zero_bytes", b"", 415),
         Case("text", b"just some text\n" * 20, 415, filename="a.txt", content_type="text/plain"),
         Case("html", b"<!doctype html><script>alert(1)</script>", 415, content_type="text/html"),
@@ -113,6 +174,7 @@ def cases() -> list[Case]:
         Case("svg", b'<svg xmlns="http://www.w3.org/2000/svg"><script/></svg>', 415),
         Case("decompression_bomb", decompression_bomb(), 413, filename="bomb.png"),
         Case("header_100000x100000", huge_png_header(100_000, 100_000), 413, filename="h.png"),
+        Case("gif_frame_beyond_screen", gif_frame_beyond_screen(), 413, "g.gif", "image/gif"),
         Case("filename_traversal", jpeg, "done", (640, 480), filename="../../etc/passwd"),
         Case("filename_nul", jpeg, "done", (640, 480), filename="a\x00b.jpg"),
         Case("filename_300_chars", jpeg, "done", (640, 480), filename="x" * 300 + ".jpg"),
