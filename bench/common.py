@@ -1,9 +1,15 @@
-"""Shared helpers of the benchmark: corpus, timing, result files and tables."""
+"""Shared helpers of the benchmark: corpus, timing, result files and tables.
+
+A part of the benchmark (imaging, pipeline, upload, ...) hands its outcome to `record`, which
+merges it as one section into today's bench/results/<date>.json and re-renders <date>.md from
+every section there, so parts can run separately and still end in one report.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -82,8 +88,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
-
     import PIL
 
     return (
@@ -92,17 +96,81 @@ def machine() -> str:
     )
 
 
+def rows_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of dicts, columns in first-seen order."""
+    headers: list[str] = []
+    for row in rows:
+        headers += [key for key in row if key not in headers]
+    return table(headers, [[row.get(h, "") for h in headers] for row in rows])
+
+
+def ratios_table(ratios: dict[str, Any], targets: dict[str, str] | None = None) -> str:
+    targets = targets or {}
+    return table(
+        ["ratio", "value", "target"], [[k, v, targets.get(k, "")] for k, v in ratios.items()]
+    )
+
+
+def results_path(day: str | None = None, suffix: str = "json") -> Path:
+    return RESULTS / f"{day or today()}.{suffix}"
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def load_sections(day: str | None = None) -> dict[str, dict[str, Any]]:
+    """The sections already recorded today (empty when none)."""
+    path = results_path(day)
+    if not path.exists():
+        return {}
+    sections: dict[str, dict[str, Any]] = json.loads(path.read_text()).get("sections", {})
+    return sections
+
+
+def record(
+    section: str,
+    rows: list[dict[str, Any]],
+    ratios: dict[str, Any],
+    *,
+    markdown: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Path:
+    """Merge one part's outcome into today's results; returns the markdown file.
+
+    `rows` is the main table, `ratios` the headline figures; `markdown` replaces the default
+    rendering (rows table + ratios table); `data` is anything else worth keeping in the JSON.
+    """
+    body = {
+        **(data or {}),
+        "rows": rows,
+        "ratios": ratios,
+        "markdown": markdown or "\n\n".join([rows_table(rows), ratios_table(ratios)]),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    sections = load_sections()
+    sections[section] = body
+    return write_results(sections)
+
+
 def write_results(sections: dict[str, dict[str, Any]]) -> Path:
+    """Write every section to today's JSON and markdown (each atomically: temp + rename)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    day = today()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     document = {"date": day, "commit": commit, "machine": machine(), "sections": sections}
-    (RESULTS / f"{day}.json").write_text(json.dumps(document, indent=2))
+    _write_atomically(results_path(day), json.dumps(document, indent=2, default=str))
     markdown = [f"# Benchmark {day} ({commit})", "", f"Machine: {document['machine']}", ""]
     for name, section in sections.items():
         markdown += [f"## {name}", "", section["markdown"], ""]
-    path = RESULTS / f"{day}.md"
-    path.write_text("\n".join(markdown))
+    path = results_path(day, "md")
+    _write_atomically(path, "\n".join(markdown))
     return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")  # bench/results/*.tmp is gitignored
+    temporary.write_text(text)
+    os.replace(temporary, path)
