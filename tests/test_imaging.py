@@ -350,6 +350,12 @@ def test_probe_reads_format_and_size(tmp_path: Path) -> None:
     assert imaging.probe(path, LIMIT) == imaging.ImageInfo("WEBP", "image/webp", 640, 480)
 
 
+@pytest.mark.parametrize("boxes", [[], [(0, 100)]])
+def test_meaningless_boxes_are_a_programming_error(boxes: list[tuple[int, int]]) -> None:
+    with pytest.raises(ValueError, match="boxes"):
+        thumbs(encode(marked(50, 50), "PNG"), boxes)
+
+
 def test_stage_timings_are_reported() -> None:
     timings: dict[str, float] = {}
     imaging.make_thumbnails(

@@ -141,6 +141,8 @@ def make_thumbnails(
     timings: dict[str, float] | None = None,
 ) -> list[Thumbnail]:
     """One thumbnail per box, in the order given; each fits its box and is never enlarged."""
+    if not boxes or any(side < 1 for box in boxes for side in box):
+        raise ValueError(f"boxes must be a non-empty list of positive sizes, not {boxes!r}")
     clock = _Stopwatch(timings)
     largest_first = sorted(set(boxes), key=lambda box: box[0] * box[1], reverse=True)
     with _opened(source) as image:
