@@ -143,6 +143,7 @@ def record(
     """
     body = {
         **(data or {}),
+        "commit": current_commit(),
         "rows": rows,
         "ratios": ratios,
         "markdown": markdown or "\n\n".join([rows_table(rows), ratios_table(ratios)]),
@@ -157,17 +158,35 @@ def write_results(sections: dict[str, dict[str, Any]]) -> Path:
     """Write every section to today's JSON and markdown (each atomically: temp + rename)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     day = today()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = current_commit()
     document = {"date": day, "commit": commit, "machine": machine(), "sections": sections}
     _write_atomically(results_path(day), json.dumps(document, indent=2, default=str))
-    markdown = [f"# Benchmark {day} ({commit})", "", f"Machine: {document['machine']}", ""]
+    markdown = [
+        f"# Benchmark {day} (written at {commit})",
+        "",
+        f"Machine: {document['machine']}",
+        "",
+    ]
     for name, section in sections.items():
-        markdown += [f"## {name}", "", section["markdown"], ""]
+        at = f" ({section['commit']})" if section.get("commit") else ""
+        markdown += [f"## {name}{at}", "", section["markdown"], ""]
     path = results_path(day, "md")
     _write_atomically(path, "\n".join(markdown))
     return path
+
+
+def current_commit() -> str:
+    """Short HEAD, with "+dirty" when measured code (src/, bench/) differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return head + (
+        "+dirty" if head and git("status", "--porcelain", "--", "../src", ".", ":!results") else ""
+    )
 
 
 def _write_atomically(path: Path, text: str) -> None:
