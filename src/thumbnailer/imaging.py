@@ -4,7 +4,8 @@ Doing less work is what makes this fast:
 - JPEGs decode at a reduced DCT scale (`draft`) just large enough for the biggest box, so a
   12 MP photo is decoded at 1/2 of its size and never exists at full resolution (keeping
   >= 2x the box instead would mean a full decode here, 80 instead of 53 ms, then resizing 12 MP
-  instead of 3 MP: ~1.7x the time, for a difference draft's DCT scaling does not show);
+  instead of 3 MP: ~1.7x the time, to go from 42.3 to 44.8 dB PSNR against full decode +
+  LANCZOS, a difference not visible at thumbnail size);
 - orientation and colour conversion run on the largest thumbnail, not on the decoded image;
 - smaller sizes are derived from the larger one (1200 -> 300 -> 100), never from the source.
 
