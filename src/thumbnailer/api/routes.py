@@ -102,6 +102,9 @@ async def _probe(received: ReceivedFile, max_pixels: int) -> imaging.ImageInfo:
         raise ApiError(
             415, "unsupported_image", f"not a supported image (JPEG, PNG, WebP, GIF): {exc}"
         ) from exc
+    except OSError as exc:
+        # The temp file we just wrote cannot be read back: storage, not the image, is at fault.
+        raise STORAGE_DOWN from exc
 
 
 async def _record(state: AppState, row: NewImage) -> None:
