@@ -11,6 +11,18 @@ from PIL import Image, ImageDraw
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 255, 255)
 
 
+# The transpose that stores an upright image so that EXIF `orientation` shows it upright.
+INVERSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
 def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
@@ -26,16 +38,7 @@ def marked(width: int, height: int) -> Image.Image:
 
 def with_orientation(image: Image.Image, orientation: int) -> bytes:
     """A JPEG whose stored pixels, once `orientation` is applied, show `image` upright."""
-    inverse = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_90,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_270,
-    }
-    stored = image.transpose(inverse[orientation]) if orientation in inverse else image
+    stored = image.transpose(INVERSE[orientation]) if orientation in INVERSE else image
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(stored, "JPEG", quality=95, exif=exif.tobytes())

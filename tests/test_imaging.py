@@ -24,6 +24,7 @@ from tests.corpus import (
     mpo,
 )
 from tests.images import (
+    INVERSE,
     RED,
     animated,
     cmyk_jpeg,
@@ -39,15 +40,6 @@ from thumbnailer import imaging
 
 BOXES = [(100, 100), (300, 300), (1200, 1200)]
 LIMIT = 100_000_000
-INVERSE = {  # the transpose that stores an upright image so that `orientation` shows it upright
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
 
 
 def thumbs(data: bytes, boxes: list[tuple[int, int]] = BOXES) -> list[imaging.Thumbnail]:
