@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aio_pika
@@ -46,7 +47,7 @@ class BrokerUnavailable(Exception):
 
 
 class PoisonMessage(ValueError):
-    """A message no retry can fix: malformed body or unknown image."""
+    """A message no retry can fix: malformed body, unknown kind or unknown image."""
 
 
 @dataclass(frozen=True)
@@ -90,18 +91,45 @@ class Topology:
         return work
 
 
+THUMBNAILS = "thumbnails"
+JOB_VERSION = 1
+
+
 @dataclass(frozen=True)
 class Job:
+    """One unit of work about one image; `kind` picks the worker's handler.
+
+    The body is `{"v": 1, "kind": ..., "image_id": ..., "args": {...}}`; a body without `kind`
+    (written before kinds existed) is a thumbnail job.
+    """
+
+    kind: str
     image_id: uuid.UUID
     request_id: str | None = None
     attempt: int = 0
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def thumbnails(cls, image_id: uuid.UUID, request_id: str | None = None) -> Job:
+        return cls(THUMBNAILS, image_id, request_id)
+
+    def next_attempt(self) -> Job:
+        return replace(self, attempt=self.attempt + 1)
+
+    @property
+    def message_id(self) -> str:
+        # Thumbnail jobs keep the bare image id they always had: one id per image's job.
+        return str(self.image_id) if self.kind == THUMBNAILS else f"{self.kind}:{self.image_id}"
 
     def to_message(self) -> aio_pika.Message:
+        body: dict[str, Any] = {"v": JOB_VERSION, "kind": self.kind, "image_id": str(self.image_id)}
+        if self.args:
+            body["args"] = dict(self.args)
         return aio_pika.Message(
-            body=json.dumps({"image_id": str(self.image_id)}).encode(),
+            body=json.dumps(body).encode(),
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(self.image_id),
+            message_id=self.message_id,
             correlation_id=self.request_id,
             headers={ATTEMPT_HEADER: self.attempt},
         )
@@ -111,13 +139,19 @@ class Job:
         try:
             payload: Any = json.loads(message.body)
             image_id = uuid.UUID(str(payload["image_id"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            kind = str(payload.get("kind", THUMBNAILS))
+            args = payload.get("args", {})
+            if not isinstance(args, dict):
+                raise TypeError("args must be an object")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PoisonMessage(f"malformed job body: {exc}") from exc
         attempt = message.headers.get(ATTEMPT_HEADER, 0)
         return cls(
+            kind=kind,
             image_id=image_id,
             request_id=message.correlation_id,
             attempt=attempt if isinstance(attempt, int) else 0,
+            args=args,
         )
 
 
@@ -186,7 +220,7 @@ class Broker:
             raise BrokerUnavailable(f"publish failed: {exc!r}") from exc
 
     async def publish_retry(self, job: Job) -> None:
-        retry = Job(job.image_id, job.request_id, job.attempt + 1)
+        retry = job.next_attempt()
         await self.publish(retry, self.topology.retry_queue(retry.attempt))
 
     async def queue_depths(self) -> dict[str, int]:

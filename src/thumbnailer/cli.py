@@ -34,38 +34,6 @@ class Unreachable(Exception):
         )
 
 
-def redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an AMQP URL is not a SQLAlchemy URL; fall back to masking by hand
-        scheme, sep, rest = url.partition("://")
-        creds, at, host = rest.rpartition("@")
-        return f"{scheme}{sep}{creds.split(':')[0]}:***{at}{host}" if at else url
-
-
-async def ensure_database(database_url: str) -> None:
-    """Create the database named in the URL if it does not exist yet (needs CREATEDB)."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    try:
-        conn = await asyncpg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-            database="postgres", timeout=5,
-        )  # fmt: skip
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise Unreachable("PostgreSQL", redact(database_url), exc) from exc
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", url.database)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{url.database}"')
-    finally:
-        await conn.close()
-
-
 def migrations_dir() -> Path:
     """alembic.ini beside the working directory (images), else the source checkout."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
@@ -75,15 +43,22 @@ def migrations_dir() -> Path:
 
 
 def migrate(settings: Settings) -> None:
-    from alembic import command
-    from alembic.config import Config
+    from thumbnailer.repo.admin import DatabaseUnreachable, upgrade
 
-    asyncio.run(ensure_database(settings.database_url))
-    root = migrations_dir()
-    config = Config(str(root / "alembic.ini"))
-    config.set_main_option("script_location", str(root / "migrations"))
-    config.attributes["database_url"] = settings.database_url
-    command.upgrade(config, "head")
+    try:
+        upgrade(settings.database_url, migrations_dir())
+    except DatabaseUnreachable as exc:
+        raise Unreachable("PostgreSQL", exc.url, exc.error) from exc
+
+
+async def ensure_database(database_url: str) -> None:
+    from thumbnailer.repo.admin import DatabaseUnreachable
+    from thumbnailer.repo.admin import ensure_database as create_if_missing
+
+    try:
+        await create_if_missing(database_url)
+    except DatabaseUnreachable as exc:
+        raise Unreachable("PostgreSQL", exc.url, exc.error) from exc
 
 
 async def check_rabbitmq(url: str) -> None:
@@ -97,6 +72,8 @@ async def check_rabbitmq(url: str) -> None:
     try:
         connection = await aio_pika.connect(url, timeout=5)
     except Exception as exc:  # aio-pika raises several unrelated types for "cannot connect"
+        from thumbnailer.repo.admin import redact
+
         raise Unreachable("RabbitMQ", redact(url), exc) from exc
     await connection.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     )
     storage_path: Path = Field(
         Path("./data/storage"), description="Directory for originals and thumbnails."
+    )
+    spool_path: Path = Field(
+        Path(tempfile.gettempdir()) / "thumbnailer-spool",
+        description="Local scratch directory uploads stream into before they are stored; "
+        "keep it off the shared volume.",
     )
     public_base_url: str = Field(
         "",

@@ -45,7 +45,8 @@ from PIL import (
     WebPImagePlugin,
 )
 
-MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+from thumbnailer.formats import EXTENSIONS, MEDIA_TYPES
+
 # The plugin classes themselves, not Image.open: that keeps Pillow's global pixel guard out of
 # the way and reads an MPO (a phone JPEG with extra pictures) as the plain JPEG it starts with.
 PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
@@ -368,11 +369,11 @@ class _Encoder:
         if self.alpha:
             clean = _without_metadata(image.convert("RGBA"))
             clean.save(buffer, "WEBP", quality=self.quality, method=WEBP_METHOD, alpha_quality=100)
-            fmt, extension = "WEBP", "webp"
+            fmt = "WEBP"
         else:
             clean = _without_metadata(image.convert("L" if image.mode in ("L", "LA") else "RGB"))
             clean.save(buffer, "JPEG", quality=self.quality, optimize=False)
-            fmt, extension = "JPEG", "jpg"
+            fmt = "JPEG"
         return Thumbnail(
             box=box,
             width=clean.width,
@@ -380,7 +381,7 @@ class _Encoder:
             data=buffer.getvalue(),
             format=fmt,
             media_type=MEDIA_TYPES[fmt],
-            extension=extension,
+            extension=EXTENSIONS[fmt],
         )
 
 

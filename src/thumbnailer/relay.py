@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from thumbnailer import metrics
 from thumbnailer.broker import Broker, BrokerUnavailable, Job
 from thumbnailer.logging import get_logger
-from thumbnailer.repo import Repo
+from thumbnailer.repo import Repo, RepoUnavailable
 
 log = get_logger(__name__)
 
@@ -35,7 +33,7 @@ class Relay:
         sent = 0
         for image_id, request_id in claimed:
             try:
-                await self.broker.publish(Job(image_id, request_id))
+                await self.broker.publish(Job.thumbnails(image_id, request_id))
             except BrokerUnavailable as exc:
                 log.warning("relay_publish_failed", image_id=str(image_id), error=str(exc))
                 break
@@ -51,6 +49,6 @@ class Relay:
         while True:
             try:
                 await self.sweep()
-            except (SQLAlchemyError, OSError) as exc:
+            except RepoUnavailable as exc:
                 log.warning("relay_sweep_failed", error=str(exc))
             await asyncio.sleep(self.interval)

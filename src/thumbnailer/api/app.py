@@ -19,17 +19,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thumbnailer import metrics
 from thumbnailer.api.errors import install_error_handlers
-from thumbnailer.api.files import ImmutableFiles
-from thumbnailer.api.notify import StatusNotifier
-from thumbnailer.api.routes import router
-from thumbnailer.api.state import AppState
-from thumbnailer.api.web import router as web_router
-from thumbnailer.broker import Broker, Topology
+from thumbnailer.api.routes import health, images, pages
+from thumbnailer.api.services import Services, build_services
 from thumbnailer.config import Settings, get_settings
 from thumbnailer.logging import configure_logging, get_logger
 from thumbnailer.relay import Relay
-from thumbnailer.repo import Repo, create_engine
-from thumbnailer.store import LocalStore
 
 log = get_logger(__name__)
 REQUEST_ID = "X-Request-ID"
@@ -37,22 +31,10 @@ GAUGE_INTERVAL = 10.0
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def build_state(settings: Settings) -> AppState:
-    topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
-    return AppState(
-        settings=settings,
-        repo=Repo(create_engine(settings.database_url, settings.database_pool_size)),
-        store=LocalStore(settings.storage_path),
-        broker=Broker(settings.rabbitmq_url, topology),
-        notifier=StatusNotifier(settings.database_url),
-    )
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    state = build_state(settings)
-    state.store.ensure_root()
+    state = build_services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.broker.close()
-            await state.repo.engine.dispose()
+            await state.repo.close()
             log.info("api_stopped")
 
     app = FastAPI(
@@ -84,12 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = state
     install_error_handlers(app)
-    app.include_router(router)
-    app.include_router(web_router)
+    for module in (images, health, pages):
+        app.include_router(module.router)
     Instrumentator(should_group_status_codes=False, excluded_handlers=["/metrics"]).instrument(
         app
     ).expose(app, include_in_schema=False)
-    app.mount("/files", ImmutableFiles(directory=settings.storage_path, check_dir=False))
+    app.mount("/files", state.store.file_server())
     app.mount("/static", StaticFiles(packages=[("thumbnailer", "static")]), name="static")
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(
@@ -108,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def refresh_gauges(state: AppState, interval: float = GAUGE_INTERVAL) -> None:
+async def refresh_gauges(state: Services, interval: float = GAUGE_INTERVAL) -> None:
     """Row counts and queue depths, refreshed on a timer so a scrape never waits on them."""
     while True:
         try:

@@ -1,7 +1,12 @@
-"""One JSON error shape for every failure: {"detail": reason, "code": machine-readable}."""
+"""Every error the API answers with, and one JSON shape for all: {"detail", "code"}.
+
+Failures of the parts below the API (database, storage, an image we do not take) are mapped to
+their HTTP answer here, once, instead of being caught in each route.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +16,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from thumbnailer import imaging
+from thumbnailer.formats import ACCEPTED
 from thumbnailer.logging import get_logger
+from thumbnailer.repo import RepoUnavailable
+from thumbnailer.store import StoreError
 
 log = get_logger(__name__)
 
@@ -31,6 +40,50 @@ class ApiError(Exception):
         self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
 
+DATABASE_DOWN = ApiError(
+    503, "database_unavailable", "the database is unavailable; retry shortly", {"Retry-After": "5"}
+)
+STORAGE_DOWN = ApiError(
+    503, "storage_unavailable", "storage is unavailable; retry shortly", {"Retry-After": "5"}
+)
+
+
+def file_too_large(limit: int) -> ApiError:
+    return ApiError(413, "file_too_large", f"the file is larger than the limit of {limit} bytes")
+
+
+def image_too_large(exc: imaging.ImageTooLarge) -> ApiError:
+    return ApiError(413, "image_too_large", str(exc))
+
+
+def unsupported_image(exc: imaging.ImagingError) -> ApiError:
+    return ApiError(415, "unsupported_image", f"not a supported image ({ACCEPTED}): {exc}")
+
+
+def not_multipart(has_content_type: bool) -> ApiError:
+    return ApiError(
+        415 if has_content_type else 422,
+        "not_multipart",
+        "send the image as multipart/form-data with a field named 'file'",
+    )
+
+
+def malformed_multipart(exc: Exception) -> ApiError:
+    return ApiError(422, "malformed_multipart", f"malformed multipart body: {exc}")
+
+
+def file_parts(count: int) -> ApiError:
+    problem = "no field named 'file'" if count == 0 else "more than one 'file'"
+    return ApiError(422, "invalid_request", f"{problem}: send exactly one image as 'file'")
+
+
+def image_not_found(image_id: uuid.UUID) -> ApiError:
+    return ApiError(404, "image_not_found", f"no image with id {image_id}")
+
+
+INVALID_CURSOR = ApiError(422, "invalid_cursor", "cursor is not one this API handed out")
+
+
 def error_response(
     status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -46,9 +99,30 @@ _HTTP_CODES = {
 }
 
 
+def _answer(error: ApiError) -> JSONResponse:
+    return error_response(error.status, error.code, error.detail, error.headers)
+
+
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.detail, exc.headers)
+    return _answer(exc)
+
+
+async def _repo_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database_unavailable", path=request.url.path, error=str(exc))
+    return _answer(DATABASE_DOWN)
+
+
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("storage_unavailable", path=request.url.path, error=str(exc))
+    return _answer(STORAGE_DOWN)
+
+
+async def _imaging_error(_: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, imaging.ImageTooLarge):
+        return _answer(image_too_large(exc))
+    assert isinstance(exc, imaging.ImagingError)
+    return _answer(unsupported_image(exc))
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -76,6 +150,9 @@ def _describe(error: Any) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RepoUnavailable, _repo_unavailable)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(imaging.ImagingError, _imaging_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -8,18 +8,18 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-StatusName = Literal["NEW", "PROCESSING", "DONE", "ERROR"]
+from thumbnailer.records import Status
 
 
 class UploadAccepted(BaseModel):
     id: uuid.UUID
-    status: StatusName
+    status: Status
     message: str = Field(examples=["Image accepted; poll the Location URL for thumbnails."])
 
 
 class ImageOut(BaseModel):
     id: uuid.UUID
-    status: StatusName
+    status: Status
     original_url: str
     thumbnails: dict[str, str | None] = Field(
         description="URL per box label (e.g. `300x300`); null until the image is DONE.",

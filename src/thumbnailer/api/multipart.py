@@ -1,4 +1,4 @@
-"""Stream a multipart upload straight into the store, counting bytes as they arrive.
+"""Stream a multipart upload to the local spool, counting bytes as they arrive.
 
 Starlette's own form parser spools the whole body before the route runs, so a 1 GB body would be
 read to the end before we could refuse it. Here the `file` part goes to a temp file chunk by chunk
@@ -7,6 +7,7 @@ and the request is refused the moment the byte count passes the limit.
 
 from __future__ import annotations
 
+import secrets
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from thumbnailer.api.errors import ApiError
-from thumbnailer.store import LocalStore
+from thumbnailer.api import errors
+from thumbnailer.ingest import Spooled, discard_spool
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -26,13 +27,6 @@ if TYPE_CHECKING:
 FILE_FIELD = "file"
 MAX_FILENAME_CHARS = 255
 WRITE_BATCH_BYTES = 1024 * 1024
-
-
-@dataclass
-class ReceivedFile:
-    path: Path
-    size: int
-    filename: str | None
 
 
 @dataclass
@@ -89,11 +83,7 @@ def clean_filename(name: str) -> str | None:
 def multipart_boundary(request: Request) -> bytes:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not params.get(b"boundary"):
-        raise ApiError(
-            415 if content_type else 422,
-            "not_multipart",
-            "send the image as multipart/form-data with a field named 'file'",
-        )
+        raise errors.not_multipart(bool(content_type))
     return params[b"boundary"]
 
 
@@ -104,17 +94,8 @@ def declared_length(request: Request) -> int | None:
         return None
 
 
-STORAGE_DOWN = ApiError(
-    503, "storage_unavailable", "storage is unavailable; retry shortly", {"Retry-After": "5"}
-)
-
-
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, "file_too_large", f"the file is larger than the limit of {limit} bytes")
-
-
-async def receive_file(request: Request, store: LocalStore, max_size: int) -> ReceivedFile:
-    """Stream field `file` into a temp file of the store; the caller commits or discards it."""
+async def receive_file(request: Request, spool: Path, max_size: int) -> Spooled:
+    """Stream field `file` into a new file under `spool`; ingest consumes it."""
     boundary = multipart_boundary(request)
     # Multipart framing adds a little; a body declared past the limit is refused without being
     # stored (read and dropped if it is small enough for the client to see the 413).
@@ -122,26 +103,25 @@ async def receive_file(request: Request, store: LocalStore, max_size: int) -> Re
     if length is not None and length > max_size + 64 * 1024:
         if length <= 2 * max_size:
             await _drain(request, length)
-        raise too_large(max_size)
+        raise errors.file_too_large(max_size)
     state = _PartState()
     parser = MultipartParser(boundary, _callbacks(state))
-    tmp = store.temp_path()
+    tmp = spool / secrets.token_hex(16)
     try:
         size = await _stream_to(tmp, request, parser, state, max_size)
     except MultipartParseError as exc:
-        await store.discard(tmp)
-        raise ApiError(422, "malformed_multipart", f"malformed multipart body: {exc}") from exc
+        await discard_spool(tmp)
+        raise errors.malformed_multipart(exc) from exc
     except OSError as exc:
-        await store.discard(tmp)
-        raise STORAGE_DOWN from exc
+        await discard_spool(tmp)
+        raise errors.STORAGE_DOWN from exc
     except BaseException:
-        await store.discard(tmp)
+        await discard_spool(tmp)
         raise
     if state.file_parts != 1:
-        await store.discard(tmp)
-        problem = "no field named 'file'" if state.file_parts == 0 else "more than one 'file'"
-        raise ApiError(422, "invalid_request", f"{problem}: send exactly one image as 'file'")
-    return ReceivedFile(path=tmp, size=size, filename=state.filename)
+        await discard_spool(tmp)
+        raise errors.file_parts(state.file_parts)
+    return Spooled(path=tmp, size=size, filename=state.filename)
 
 
 async def _stream_to(
@@ -158,7 +138,7 @@ async def _stream_to(
                 size += len(piece)
                 if size > max_size:
                     await _drain(request, max_size)
-                    raise too_large(max_size)
+                    raise errors.file_too_large(max_size)
                 batch.append(piece)
                 batched += len(piece)
             state.pending.clear()

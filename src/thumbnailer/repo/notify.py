@@ -15,7 +15,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from thumbnailer.logging import get_logger
-from thumbnailer.repo import STATUS_CHANNEL
+from thumbnailer.repo.schema import STATUS_CHANNEL
 
 log = get_logger(__name__)
 FALLBACK_POLL = 1.0

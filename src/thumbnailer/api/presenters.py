@@ -1,0 +1,45 @@
+"""Records to the JSON contract: URLs from the store, ETags, polling headers."""
+
+from __future__ import annotations
+
+import hashlib
+
+from thumbnailer.api.schemas import ImageOut
+from thumbnailer.records import ImageRecord, Status
+from thumbnailer.store import Store
+
+
+def present(row: ImageRecord, base: str, boxes: list[tuple[int, int]], store: Store) -> ImageOut:
+    done = row.status == Status.DONE
+    thumbnails: dict[str, str | None] = {}
+    for width, height in sorted(boxes):
+        label = f"{width}x{height}"
+        entry = row.thumbnails.get(label)
+        thumbnails[label] = store.url(entry.key, base) if done and entry else None
+    return ImageOut(
+        id=row.id,
+        status=row.status,
+        original_url=store.url(row.original_key, base),
+        thumbnails=thumbnails,
+        error=row.error,
+        filename=row.original_filename,
+        media_type=row.media_type,
+        width=row.width,
+        height=row.height,
+        size_bytes=row.size_bytes,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def etag(row: ImageRecord, base: str) -> str:
+    """Changes whenever the JSON would: status and update time, and the base URLs are built on."""
+    seed = f"{row.status}|{row.updated_at.isoformat()}|{base}"
+    return f'W/"{hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()}"'
+
+
+def poll_headers(row: ImageRecord, base: str) -> dict[str, str]:
+    headers = {"ETag": etag(row, base), "Cache-Control": "no-cache"}
+    if not row.finished:
+        headers["Retry-After"] = "1"
+    return headers

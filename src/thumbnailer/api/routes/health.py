@@ -1,0 +1,60 @@
+"""Health and probes: what Kubernetes and operators ask."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Response
+
+from thumbnailer.api.deps import BrokerDep, RepoDep
+from thumbnailer.api.schemas import HealthOut, ProbeOut
+from thumbnailer.broker import Broker
+from thumbnailer.repo import Repo, RepoUnavailable
+
+router = APIRouter()
+
+
+async def dependencies_up(repo: Repo, broker: Broker) -> dict[str, bool]:
+    return {"database": await _database_up(repo), "rabbitmq": broker.is_connected}
+
+
+async def _database_up(repo: Repo) -> bool:
+    try:
+        return await asyncio.wait_for(repo.ping(), timeout=2.0)
+    except (RepoUnavailable, TimeoutError):
+        return False
+
+
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "A dependency is down"}},
+    summary="Dependencies' health",
+)
+async def health(response: Response, repo: RepoDep, broker: BrokerDep) -> HealthOut:
+    services = await dependencies_up(repo, broker)
+    healthy = all(services.values())
+    response.status_code = 200 if healthy else 503
+    return HealthOut(
+        status="healthy" if healthy else "unhealthy",
+        services=services,
+        timestamp=datetime.now(UTC),
+    )
+
+
+@router.get("/livez", response_model=ProbeOut, summary="Liveness: the process answers")
+async def livez() -> ProbeOut:
+    return ProbeOut(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=ProbeOut,
+    responses={503: {"model": ProbeOut, "description": "Not ready"}},
+    summary="Readiness: database and broker reachable",
+)
+async def readyz(response: Response, repo: RepoDep, broker: BrokerDep) -> ProbeOut:
+    ready = all((await dependencies_up(repo, broker)).values())
+    response.status_code = 200 if ready else 503
+    return ProbeOut(status="ok" if ready else "unavailable")

@@ -1,0 +1,148 @@
+"""The images resource: upload, list, status (with long-poll)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from thumbnailer.api import errors
+from thumbnailer.api.deps import (
+    IngestDep,
+    NotifierDep,
+    RepoDep,
+    RequestId,
+    SettingsDep,
+    StoreDep,
+    UrlBase,
+)
+from thumbnailer.api.errors import error_responses
+from thumbnailer.api.multipart import receive_file
+from thumbnailer.api.pagination import decode_cursor, encode_cursor
+from thumbnailer.api.presenters import etag, poll_headers, present
+from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted
+from thumbnailer.records import ImageRecord, Status
+from thumbnailer.repo import Repo
+
+router = APIRouter()
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/images",
+    status_code=202,
+    response_model=UploadAccepted,
+    responses=error_responses(413, 415, 422, 503),
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload an image (multipart field `file`)",
+)
+async def upload_image(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    ingest: IngestDep,
+    request_id: RequestId,
+) -> UploadAccepted:
+    spooled = await receive_file(request, settings.spool_path, settings.max_file_size)
+    accepted = await ingest(spooled, request_id)
+    response.headers["Location"] = f"/images/{accepted.id}"
+    return UploadAccepted(
+        id=accepted.id,
+        status=accepted.status,
+        message="Image accepted; poll the Location URL for thumbnails.",
+    )
+
+
+@router.get(
+    "/images",
+    response_model=ImagePage,
+    responses=error_responses(422, 503),
+    summary="Recent images, newest first",
+)
+async def list_images(
+    settings: SettingsDep,
+    repo: RepoDep,
+    store: StoreDep,
+    base: UrlBase,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    status: Annotated[Status | None, Query(description="Only rows in this status")] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> ImagePage:
+    after = decode_cursor(cursor) if cursor else None
+    rows = await repo.page(limit + 1, status, after)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ImagePage(
+        items=[present(row, base, settings.thumbnail_boxes, store) for row in rows],
+        next_cursor=encode_cursor(rows[-1]) if more else None,
+    )
+
+
+@router.get(
+    "/images/{image_id}",
+    response_model=ImageOut,
+    responses={
+        304: {"description": "Not modified (If-None-Match)"},
+        **error_responses(404, 422, 503),
+    },
+    summary="Status and URLs of one image",
+)
+async def get_image(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    repo: RepoDep,
+    store: StoreDep,
+    notifier: NotifierDep,
+    base: UrlBase,
+    image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
+    wait: Annotated[
+        float,
+        Query(ge=0, le=300, description="Long-poll: seconds to wait for a change (capped)"),
+    ] = 0,
+) -> Any:
+    row = await _load(repo, image_id)
+    known = request.headers.get("if-none-match")
+    deadline = time.monotonic() + min(wait, settings.max_poll_wait)
+    first = row
+    while not row.finished and not _changed(first, row, known, base):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        await notifier.wait(str(image_id), remaining)
+        row = await _load(repo, image_id)
+    headers = poll_headers(row, base)
+    if known is not None and known == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    response.headers.update(headers)
+    return present(row, base, settings.thumbnail_boxes, store)
+
+
+async def _load(repo: Repo, image_id: uuid.UUID) -> ImageRecord:
+    row = await repo.get(image_id)
+    if row is None:
+        raise errors.image_not_found(image_id)
+    return row
+
+
+def _changed(first: ImageRecord, current: ImageRecord, known: str | None, base: str) -> bool:
+    """With If-None-Match, a change is a new ETag; without it, a new status."""
+    if known is not None:
+        return etag(current, base) != known
+    return current.status != first.status

@@ -1,0 +1,115 @@
+"""Ingest: a spooled file becomes a stored original, a NEW row and a published job.
+
+probe -> store -> record NEW -> publish -> PROCESSING, with a compensation for each step that
+can fail after something was written:
+- the row cannot be recorded -> the stored original is deleted again (nothing refers to it);
+- the job cannot be published, or PROCESSING not recorded -> the row stays NEW and the relay
+  publishes it later, so the upload is still accepted: it is stored and committed.
+No HTTP here: the API, a URL fetch or a CLI feed the same path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles.os
+import anyio.to_thread
+
+from thumbnailer import imaging, metrics
+from thumbnailer.broker import Broker, BrokerUnavailable, Job
+from thumbnailer.logging import get_logger
+from thumbnailer.records import NewImage, Status
+from thumbnailer.repo import Repo, RepoUnavailable
+from thumbnailer.store import Store, StoreError, original_key
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A finished upload on local scratch disk; ingest consumes (moves or removes) the file."""
+
+    path: Path
+    size: int
+    filename: str | None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: uuid.UUID
+    status: Status
+    info: imaging.ImageInfo
+
+
+class Ingest:
+    def __init__(self, repo: Repo, store: Store, broker: Broker, max_pixels: int) -> None:
+        self.repo, self.store, self.broker = repo, store, broker
+        self.max_pixels = max_pixels
+
+    async def __call__(self, spooled: Spooled, request_id: str | None) -> Accepted:
+        """Raises imaging.ImagingError (not an image we take), StoreError, RepoUnavailable."""
+        try:
+            info = await self._probe(spooled.path)
+        except BaseException:
+            await discard_spool(spooled.path)
+            raise
+        image_id = uuid.uuid4()
+        key = original_key(str(image_id), info.format)
+        await self.store.put_file(key, spooled.path, info.media_type)
+        row = NewImage(
+            image_id, key, spooled.filename, info.media_type, info.width, info.height,
+            spooled.size, request_id,
+        )  # fmt: skip
+        await self._record(row)
+        metrics.UPLOAD_BYTES.inc(spooled.size)
+        metrics.UPLOAD_SIZE.observe(spooled.size)
+        status = await self._enqueue(Job.thumbnails(image_id, request_id))
+        log.info("image_accepted", image_id=str(image_id), bytes=spooled.size, format=info.format)
+        return Accepted(image_id, status, info)
+
+    async def _probe(self, path: Path) -> imaging.ImageInfo:
+        try:
+            return await anyio.to_thread.run_sync(imaging.probe, path, self.max_pixels)
+        except imaging.ImagingError:
+            raise
+        except OSError as exc:
+            # The file we just spooled cannot be read back: storage, not the image, is at fault.
+            raise StoreError(f"could not read the upload back: {exc}") from exc
+
+    async def _record(self, row: NewImage) -> None:
+        try:
+            await self.repo.add(row)
+        except RepoUnavailable as exc:
+            log.error("record_failed", image_id=str(row.id), error=str(exc))
+            await self._forget_original(row.original_key)
+            raise
+
+    async def _forget_original(self, key: str) -> None:
+        try:
+            await self.store.delete(key)
+        except StoreError as exc:
+            log.warning("orphan_original", key=key, error=str(exc))
+
+    async def _enqueue(self, job: Job) -> Status:
+        """Publish and mark PROCESSING; on failure the row stays NEW for the relay to publish."""
+        try:
+            await self.broker.publish(job)
+        except BrokerUnavailable as exc:
+            log.warning("publish_deferred", image_id=str(job.image_id), error=str(exc))
+            metrics.PUBLISH_FAILURES.inc()
+            return Status.NEW
+        try:
+            await self.repo.mark_processing(job.image_id)
+        except RepoUnavailable as exc:
+            # The job is queued, so the worker will still finish it; the status lags for a moment.
+            log.warning("mark_processing_failed", image_id=str(job.image_id), error=str(exc))
+            return Status.NEW
+        return Status.PROCESSING
+
+
+async def discard_spool(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        await aiofiles.os.remove(path)

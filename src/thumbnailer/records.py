@@ -1,0 +1,79 @@
+"""What the repo hands out: statuses and frozen records, free of any database type."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    NEW = "NEW"
+    PROCESSING = "PROCESSING"
+    DONE = "DONE"
+    ERROR = "ERROR"
+
+
+TERMINAL = frozenset({Status.DONE, Status.ERROR})
+OPEN = (Status.NEW, Status.PROCESSING)
+
+
+@dataclass(frozen=True)
+class ThumbnailEntry:
+    key: str
+    width: int
+    height: int
+    media_type: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "width": self.width,
+            "height": self.height,
+            "media_type": self.media_type,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> ThumbnailEntry:
+        return cls(
+            key=str(value["key"]),
+            width=int(value["width"]),
+            height=int(value["height"]),
+            media_type=str(value["media_type"]),
+        )
+
+
+@dataclass(frozen=True)
+class NewImage:
+    id: uuid.UUID
+    original_key: str
+    original_filename: str | None
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: uuid.UUID
+    status: Status
+    original_key: str
+    original_filename: str | None
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
+    thumbnails: Mapping[str, ThumbnailEntry]
+    error: str | None
+    request_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL

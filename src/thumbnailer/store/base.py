@@ -1,0 +1,35 @@
+"""The Store protocol: bytes by opaque key. Callers never learn where or how they are kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from starlette.types import ASGIApp
+
+
+class StoreError(OSError):
+    """Storage I/O failed; callers treat it as transient."""
+
+
+class Store(Protocol):
+    async def put(self, key: str, data: bytes, media_type: str) -> None:
+        """Write `data` under `key` atomically: readers see the old object or the whole new one."""
+
+    async def put_file(self, key: str, path: Path, media_type: str) -> None:
+        """Store a finished local file under `key`; the file is consumed (moved or removed)."""
+
+    async def read(self, key: str) -> bytes:
+        """The object's bytes; StoreError if it is missing or unreadable."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; a missing one is not an error."""
+
+    def url(self, key: str, base: str) -> str:
+        """Where a client fetches the object; `base` is the API's own public URL."""
+
+    async def healthy(self) -> bool:
+        """True when objects can be written now."""
+
+    def file_server(self) -> ASGIApp:
+        """The ASGI app mounted at /files that serves (or redirects to) stored objects."""

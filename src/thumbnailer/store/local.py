@@ -1,0 +1,103 @@
+"""A directory tree as a Store: atomic puts (temp file + rename); paths never leave this module.
+
+Keys are checked against the root anyway, so that a bad key can never escape it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import shutil
+from contextlib import suppress
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+from starlette.types import ASGIApp
+
+from thumbnailer.store.base import StoreError
+from thumbnailer.store.local_files import ImmutableFiles
+
+
+class LocalStore:
+    """Objects are files under `root`; writes go through `root/.tmp` so readers never see half."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self._scratch = self.root / ".tmp"
+        self._scratch.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"storage key escapes the root: {key!r}")
+        return path
+
+    def _temp_path(self) -> Path:
+        return self._scratch / secrets.token_hex(16)
+
+    async def put(self, key: str, data: bytes, media_type: str) -> None:
+        tmp = self._temp_path()
+        try:
+            async with aiofiles.open(tmp, "wb") as f:
+                await f.write(data)
+            await asyncio.to_thread(self._move_into_place, tmp, key)
+        except OSError as exc:
+            await _remove(tmp)
+            raise StoreError(f"could not write {key}: {exc.strerror or exc}") from exc
+
+    async def put_file(self, key: str, path: Path, media_type: str) -> None:
+        try:
+            await asyncio.to_thread(self._adopt, path, key)
+        except OSError as exc:
+            raise StoreError(f"could not store {key}: {exc.strerror or exc}") from exc
+        finally:
+            await _remove(path)
+
+    def _adopt(self, path: Path, key: str) -> None:
+        try:
+            self._move_into_place(path, key)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # The spool is on another filesystem: copy next to the target, then rename.
+            tmp = self._temp_path()
+            try:
+                shutil.copyfile(path, tmp)
+                self._move_into_place(tmp, key)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def _move_into_place(self, tmp: Path, key: str) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+
+    async def read(self, key: str) -> bytes:
+        try:
+            async with aiofiles.open(self._path(key), "rb") as f:
+                return await f.read()
+        except OSError as exc:
+            raise StoreError(f"could not read {key}: {exc.strerror or exc}") from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            await _remove(self._path(key))
+        except OSError as exc:
+            raise StoreError(f"could not delete {key}: {exc.strerror or exc}") from exc
+
+    def url(self, key: str, base: str) -> str:
+        return f"{base}/files/{key}"
+
+    async def healthy(self) -> bool:
+        return await asyncio.to_thread(os.access, self.root, os.W_OK)
+
+    def file_server(self) -> ASGIApp:
+        return ImmutableFiles(directory=self.root, check_dir=False)
+
+
+async def _remove(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        await aiofiles.os.remove(path)

@@ -1,0 +1,34 @@
+"""The worker process: its composition root. `Worker` (loop.py) does the consuming."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from thumbnailer.broker import Broker, Topology
+from thumbnailer.config import Settings
+from thumbnailer.logging import get_logger
+from thumbnailer.repo import Repo
+from thumbnailer.store import open_store
+from thumbnailer.worker.handlers import Context, build_handlers
+from thumbnailer.worker.loop import Worker
+
+log = get_logger("thumbnailer.worker")
+
+
+async def run_worker(settings: Settings) -> None:
+    topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
+    repo = Repo.connect(settings.database_url, settings.database_pool_size)
+    broker = Broker(settings.rabbitmq_url, topology)
+    pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="imaging")
+    ctx = Context(settings, repo, open_store(settings), broker, pool)
+    worker = Worker(settings, broker, build_handlers(ctx))
+    try:
+        await worker.run()
+    finally:
+        await broker.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+        await repo.close()
+        log.info("worker_stopped")
+
+
+__all__ = ["Worker", "run_worker"]

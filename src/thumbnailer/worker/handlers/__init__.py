@@ -1,0 +1,20 @@
+"""Job handlers by kind. A new kind is one module here plus one line in HANDLERS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from thumbnailer.worker.handlers.base import Context, Handler, Result
+from thumbnailer.worker.handlers.thumbnails import ThumbnailHandler
+
+HANDLERS: tuple[Callable[[Context], Handler], ...] = (ThumbnailHandler,)
+
+
+def build_handlers(
+    ctx: Context, factories: tuple[Callable[[Context], Handler], ...] = HANDLERS
+) -> dict[str, Handler]:
+    handlers = [factory(ctx) for factory in factories]
+    return {handler.kind: handler for handler in handlers}
+
+
+__all__ = ["HANDLERS", "Context", "Handler", "Result", "build_handlers"]

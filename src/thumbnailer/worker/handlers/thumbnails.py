@@ -1,0 +1,99 @@
+"""The thumbnail job: read the original, make every configured size in the pool, store, DONE.
+
+Idempotent: the same keys are overwritten with the same bytes and the status write is
+conditional, so a job delivered twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import time
+from typing import ClassVar
+
+from thumbnailer import imaging, metrics
+from thumbnailer.broker import THUMBNAILS, Job, PoisonMessage
+from thumbnailer.logging import get_logger
+from thumbnailer.records import ImageRecord, ThumbnailEntry
+from thumbnailer.store import thumbnail_key
+from thumbnailer.worker.handlers.base import Context, Result
+from thumbnailer.worker.outcomes import observe_stages
+
+log = get_logger("thumbnailer.worker")
+
+
+class ThumbnailHandler:
+    kind: ClassVar[str] = THUMBNAILS
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def run(self, job: Job) -> Result:
+        row = await self.ctx.repo.get(job.image_id)
+        if row is None:
+            raise PoisonMessage(f"no image with id {job.image_id}")
+        if row.finished:
+            return Result("skipped", {"status": row.status})
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        try:
+            entries = await self._make(row, timings)
+        except imaging.ImagingError as exc:
+            await self.ctx.repo.mark_error(row.id, str(exc))
+            return Result("error", {"reason": str(exc)})
+        finally:
+            observe_stages(timings)
+        await self.ctx.repo.mark_done(row.id, entries)
+        return Result("done", {"duration_ms": round((time.perf_counter() - started) * 1000, 1)})
+
+    async def give_up(self, job: Job, reason: str) -> None:
+        await self.ctx.repo.mark_error(job.image_id, reason)
+
+    async def _make(self, row: ImageRecord, timings: dict[str, float]) -> dict[str, ThumbnailEntry]:
+        started = time.perf_counter()
+        source = await self.ctx.store.read(row.original_key)
+        timings["read"] = time.perf_counter() - started
+        thumbnails = await self._in_pool(source, timings)
+        started = time.perf_counter()
+        entries = {
+            thumb.label: ThumbnailEntry(
+                thumbnail_key(str(row.id), thumb.label, thumb.format),
+                thumb.width,
+                thumb.height,
+                thumb.media_type,
+            )
+            for thumb in thumbnails
+        }
+        await asyncio.gather(
+            *(
+                self.ctx.store.put(entries[thumb.label].key, thumb.data, thumb.media_type)
+                for thumb in thumbnails
+            )
+        )
+        timings["write"] = time.perf_counter() - started
+        return entries
+
+    async def _in_pool(self, source: bytes, timings: dict[str, float]) -> list[imaging.Thumbnail]:
+        loop = asyncio.get_running_loop()
+        # run_in_executor drops context variables; carry them so pool lines keep the job's ids.
+        work = functools.partial(self._imaging, source, timings)
+        return await loop.run_in_executor(
+            self.ctx.pool, functools.partial(contextvars.copy_context().run, work)
+        )
+
+    def _imaging(self, source: bytes, timings: dict[str, float]) -> list[imaging.Thumbnail]:
+        """Runs in the pool: decode, resize, encode; no event-loop work here."""
+        settings = self.ctx.settings
+        metrics.POOL_BUSY.inc()
+        try:
+            return imaging.make_thumbnails(
+                source,
+                settings.thumbnail_boxes,
+                max_pixels=settings.max_image_pixels,
+                jpeg_quality=settings.jpeg_quality,
+                timings=timings,
+            )
+        finally:
+            metrics.POOL_BUSY.dec()
+            log.info("thumbnail_stages", ms={k: round(v * 1000, 1) for k, v in timings.items()})

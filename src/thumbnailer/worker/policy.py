@@ -1,0 +1,57 @@
+"""The retry policy: from an attempt number and what it raised, how a message is settled.
+
+Pure: no I/O, so every branch has a fast unit test. Transient failures (database, storage,
+broker) and bugs alike are retried with back-off, a bounded number of times, so a message is
+never left unacked for ever and never loops; what no retry can fix is dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from thumbnailer.broker import BrokerUnavailable, PoisonMessage
+from thumbnailer.repo import RepoUnavailable
+from thumbnailer.store import StoreError
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    RepoUnavailable,
+    StoreError,
+    OSError,
+    BrokerUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The job settled itself (done, or failed for good with its row in ERROR)."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempt: int  # the attempt number the retried message will carry
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    give_up: bool  # True: the handler records the failure (e.g. the row ends ERROR)
+
+
+Decision = Ack | Retry | DeadLetter
+
+
+def is_bug(exc: BaseException) -> bool:
+    """Neither an outage nor a bad message: worth a traceback in the log."""
+    return not isinstance(exc, (*TRANSIENT, PoisonMessage))
+
+
+def decide(attempt: int, exc: BaseException | None, max_retries: int) -> Decision:
+    if exc is None:
+        return Ack()
+    if isinstance(exc, PoisonMessage):
+        return DeadLetter(str(exc), give_up=False)
+    reason = f"{type(exc).__name__}: {exc}"
+    if attempt < max_retries:
+        return Retry(attempt + 1, reason)
+    return DeadLetter(f"gave up after {attempt} retries: {reason}", give_up=True)
