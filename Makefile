@@ -23,9 +23,13 @@ run: $(STAMP)
 migrate: $(STAMP)
 	$(BIN)/thumbnailer migrate
 
-## The whole suite against the real PostgreSQL and RabbitMQ (own database and queues per run).
+## The whole suite against the real PostgreSQL and RabbitMQ (own database and queues per run),
+## with line and branch coverage of the test process and the API and worker subprocesses.
 test: $(STAMP)
-	$(BIN)/pytest
+	rm -f .coverage .coverage.*
+	$(BIN)/coverage run -m pytest; status=$$?; \
+	$(BIN)/coverage combine -q && $(BIN)/coverage report --skip-covered --sort=cover; \
+	exit $$status
 
 ## Everything but the slow fault-injection and browser groups.
 test-fast: $(STAMP)

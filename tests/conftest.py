@@ -20,6 +20,7 @@ from tests.support import (
     ServiceProcess,
     free_port,
     service_env,
+    settings_env,
     unique_name,
     wait_until_ready,
 )
@@ -67,6 +68,7 @@ def make_settings(base_database_url: str, storage: Path, **overrides: object) ->
         "rabbitmq_url": RABBITMQ_URL,
         "queue_name": unique_name("thumbnailer_test") + ".jobs",
         "storage_path": storage,
+        "spool_path": storage.parent / f"{storage.name}-spool",
         "log_level": "INFO",
         "relay_interval": 1.0,
         "retry_base_delay": 0.2,
@@ -144,25 +146,11 @@ class Services:
 
 
 def settings_environment(settings: Settings, api_port: int, worker_port: int) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "RABBITMQ_URL": settings.rabbitmq_url,
-        "QUEUE_NAME": settings.queue_name,
-        "STORAGE_PATH": str(settings.storage_path),
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(api_port),
-        "API_WORKERS": str(settings.api_workers),
-        "WORKER_HTTP_PORT": str(worker_port),
-        "RELAY_INTERVAL": str(settings.relay_interval),
-        "RETRY_BASE_DELAY": str(settings.retry_base_delay),
-        "PROCESSING_TIMEOUT": str(settings.processing_timeout),
-        "MAX_RETRIES": str(settings.max_retries),
-        "MAX_POLL_WAIT": str(settings.max_poll_wait),
-        "WORKER_CONCURRENCY": str(settings.worker_concurrency),
-        "SHUTDOWN_GRACE_PERIOD": str(settings.shutdown_grace_period),
-        "MAX_FILE_SIZE": str(settings.max_file_size),
-        "LOG_LEVEL": settings.log_level,
-    }
+    """The process environment for `settings`, derived from every field, on the given ports."""
+    env = settings_env(settings)
+    env.update(
+        {"API_HOST": "127.0.0.1", "API_PORT": str(api_port), "WORKER_HTTP_PORT": str(worker_port)}
+    )
     return env
 
 

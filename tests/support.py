@@ -18,6 +18,8 @@ from typing import IO, Any
 import httpx
 from PIL import Image
 
+from thumbnailer.config import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 ADMIN_DATABASE_URL = os.environ.get(
@@ -101,6 +103,22 @@ class ServiceProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as the environment variable a process would read it from.
+
+    Empty values are left out: for our settings empty means unset, and some libraries
+    (prometheus-client's PROMETHEUS_MULTIPROC_DIR) treat a variable that is set as in use.
+    """
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, list | tuple):
+            value = ",".join(str(item) for item in value)
+        if str(value):
+            env[name.upper()] = str(value)
+    return env
 
 
 def service_env(settings_env: Mapping[str, str]) -> dict[str, str]:
