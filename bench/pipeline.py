@@ -286,7 +286,7 @@ def upload_path(data: bytes, count: int, concurrency: int) -> dict[str, Any]:
     return {"ours": ours, "bare": bare, "ratio": ours["uploads_per_s"] / bare["uploads_per_s"]}
 
 
-def one_megabyte_jpeg() -> bytes:
+def one_megabyte_jpeg() -> Path:
     return corpus_file(
         "jpeg_1mb.jpg", lambda: encoded(photo_like(1600, 1200, 9), "JPEG", quality=92)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from thumbnailer.broker import Broker, Job
 from thumbnailer.config import Settings
@@ -31,7 +31,9 @@ class Context:
 
 
 class Handler(Protocol):
-    kind: ClassVar[str]
+    @property
+    def kind(self) -> str:
+        """The job kind this handler takes."""
 
     async def run(self, job: Job) -> Result:
         """Do the work. Raise to have the retry policy settle the message."""
