@@ -50,7 +50,7 @@ async def worker_with(settings: Settings) -> AsyncIterator[WorkerFactory]:
 
     def start(*handlers: Recorder, max_retries: int = 2) -> Broker:
         tuned = settings.model_copy(update={"worker_http_port": 0, "max_retries": max_retries})
-        topology = Topology(tuned.queue_name, tuned.max_retries, tuned.retry_base_delay)
+        topology = Topology.from_settings(tuned)
         broker = Broker(tuned.rabbitmq_url, topology)
         worker = Worker(tuned, broker, {h.kind: h for h in handlers}, install_signal_handlers=False)
         started.append((worker, asyncio.create_task(worker.run()), broker))

@@ -1,11 +1,17 @@
 """RabbitMQ: the topology both processes declare, publishing with confirms, job messages.
 
 Topology (all on the default exchange, so routing key == queue name):
-- `<queue>`: the work queue; a rejected message dead-letters to `<queue>.dead`.
+- `<queue>`: the work queue, a quorum queue (replicated across a RabbitMQ cluster) with a
+  delivery limit: a message whose processing keeps killing workers comes back with a growing
+  `x-delivery-count`, the worker gives it up at `MAX_DELIVERIES`, and the broker's own limit
+  dead-letters it should even that fail. A rejected message dead-letters to `<queue>.dead`.
 - `<queue>.retry.<ms>`: one queue per back-off step; a message waits there for its TTL and then
   dead-letters back to `<queue>`. One queue per delay, because per-message TTLs only expire at
   the head of a queue and a long delay would hold up a short one behind it.
-- `<queue>.dead`: where poison messages and exhausted retries rest for an operator.
+- `<queue>.dead`: where poison messages and exhausted retries rest for an operator
+  (`thumbnailer dlq`), capped in length and age so it cannot fill the broker's disk.
+A deployment that still has the classic queues of earlier versions keeps working on them (a
+warning says so) until `thumbnailer queues upgrade` moves their messages to quorum queues.
 """
 
 from __future__ import annotations
@@ -21,16 +27,19 @@ import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
 
+from thumbnailer.config import Settings
 from thumbnailer.logging import get_logger
 
 log = get_logger(__name__)
 
 ATTEMPT_HEADER = "x-attempt"
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 PUBLISH_TIMEOUT = 5.0
 # What a publish raises when the link is down, closing, or the broker refuses the message.
 PUBLISH_FAILURES = (
@@ -55,6 +64,20 @@ class Topology:
     queue: str
     max_retries: int
     retry_base_delay: float
+    max_deliveries: int = 5
+    dead_letter_max_length: int = 100_000
+    dead_letter_ttl: float = 14 * 86400.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(
+            settings.queue_name,
+            settings.max_retries,
+            settings.retry_base_delay,
+            settings.max_deliveries,
+            settings.dead_letter_max_length,
+            settings.dead_letter_ttl,
+        )
 
     @property
     def dead_letter_queue(self) -> str:
@@ -67,28 +90,54 @@ class Topology:
     def retry_queue(self, attempt: int) -> str:
         return f"{self.queue}.retry.{self.retry_delay_ms(attempt)}ms"
 
-    async def declare(self, channel: AbstractChannel) -> AbstractQueue:
-        """Declare every queue idempotently; returns the work queue."""
-        await channel.declare_queue(self.dead_letter_queue, durable=True)
-        work = await channel.declare_queue(
-            self.queue,
-            durable=True,
-            arguments={
+    def queues(self) -> dict[str, dict[str, Any]]:
+        """Every queue with its arguments, dead-letter queue first (the others point at it)."""
+        queues: dict[str, dict[str, Any]] = {
+            self.dead_letter_queue: {
+                "x-queue-type": "quorum",
+                "x-max-length": self.dead_letter_max_length,
+                "x-overflow": "drop-head",
+                "x-message-ttl": int(self.dead_letter_ttl * 1000),
+            },
+            self.queue: {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.max_deliveries,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": self.dead_letter_queue,
             },
-        )
+        }
         for attempt in range(1, self.max_retries + 1):
-            await channel.declare_queue(
-                self.retry_queue(attempt),
-                durable=True,
-                arguments={
-                    "x-message-ttl": self.retry_delay_ms(attempt),
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": self.queue,
-                },
+            queues[self.retry_queue(attempt)] = {
+                "x-message-ttl": self.retry_delay_ms(attempt),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.queue,
+            }
+        return queues
+
+    async def declare(self, connection: AbstractConnection) -> list[str]:
+        """Declare every queue idempotently; returns the names that exist with other arguments.
+
+        Each declaration gets its own short channel: a queue that exists with different
+        arguments (a classic queue of an earlier version) closes the channel it was declared on.
+        """
+        legacy = []
+        for name, arguments in self.queues().items():
+            try:
+                async with connection.channel(publisher_confirms=False) as channel:
+                    await channel.declare_queue(name, durable=True, arguments=arguments)
+            except aio_pika.exceptions.ChannelPreconditionFailed:
+                legacy.append(name)
+        if legacy:
+            log.warning(
+                "legacy_queues",
+                queues=legacy,
+                hint="run `thumbnailer queues upgrade` to move them to quorum queues",
             )
-        return work
+        return legacy
+
+    async def work_queue(self, channel: AbstractChannel) -> AbstractQueue:
+        """The declared work queue on `channel`, whatever arguments it was declared with."""
+        return await channel.declare_queue(self.queue, passive=True)
 
 
 THUMBNAILS = "thumbnails"
@@ -108,13 +157,16 @@ class Job:
     request_id: str | None = None
     attempt: int = 0
     args: Mapping[str, Any] = field(default_factory=dict)
+    # Earlier deliveries of this very message that were never settled (the worker died or
+    # stopped mid-job); counted by the quorum queue, 0 on a classic one.
+    delivery: int = 0
 
     @classmethod
     def thumbnails(cls, image_id: uuid.UUID, request_id: str | None = None) -> Job:
         return cls(THUMBNAILS, image_id, request_id)
 
     def next_attempt(self) -> Job:
-        return replace(self, attempt=self.attempt + 1)
+        return replace(self, attempt=self.attempt + 1, delivery=0)
 
     @property
     def message_id(self) -> str:
@@ -146,12 +198,14 @@ class Job:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PoisonMessage(f"malformed job body: {exc}") from exc
         attempt = message.headers.get(ATTEMPT_HEADER, 0)
+        delivery = message.headers.get(DELIVERY_COUNT_HEADER, 0)
         return cls(
             kind=kind,
             image_id=image_id,
             request_id=message.correlation_id,
             attempt=attempt if isinstance(attempt, int) else 0,
             args=args,
+            delivery=delivery if isinstance(delivery, int) else 0,
         )
 
 
@@ -178,8 +232,8 @@ class Broker:
     async def connect(self) -> None:
         """Connect once and declare the topology; raises if the broker is unreachable."""
         connection = await aio_pika.connect_robust(self.url, timeout=5, reconnect_interval=1)
+        await self.topology.declare(connection)
         channel = await connection.channel(publisher_confirms=True)
-        await self.topology.declare(channel)
         self.connection, self._channel = connection, channel
 
     def start(self, retry_interval: float = 2.0) -> None:

@@ -1,4 +1,4 @@
-"""`thumbnailer api | worker | migrate | run`: the process entry points."""
+"""`thumbnailer api | worker | migrate | run | queues | dlq`: the entry points."""
 
 from __future__ import annotations
 
@@ -150,10 +150,61 @@ def run_both(settings: Settings) -> int:
     return max((0 if child.wait() in clean else 1) for child in children)
 
 
+def queues_command(settings: Settings, args: argparse.Namespace) -> None:
+    from thumbnailer import queues
+
+    moved = asyncio.run(queues.upgrade(settings))
+    if not moved:
+        print("every queue is up to date")
+    for name, count in moved.items():
+        print(f"{name}: now a quorum queue ({count} messages moved)")
+
+
+def dlq_command(settings: Settings, args: argparse.Namespace) -> None:
+    import json
+
+    from thumbnailer import queues
+
+    if args.action == "list":
+        for letter in asyncio.run(queues.dead_letters(settings, args.limit)):
+            print(json.dumps(letter, default=str))
+    elif args.action == "purge":
+        print(f"purged {asyncio.run(queues.purge(settings))} messages")
+    else:
+        print(f"requeued {asyncio.run(_requeue(settings, args.image_id))} jobs")
+
+
+async def _requeue(settings: Settings, image_id: str | None) -> int:
+    import uuid
+
+    from thumbnailer import queues
+    from thumbnailer.repo import Repo
+
+    repo = Repo.connect(settings.database_url, 1)
+    try:
+        return await queues.requeue(settings, repo, uuid.UUID(image_id) if image_id else None)
+    finally:
+        await repo.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="thumbnailer", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    commands.add_parser("api", help="serve the HTTP API")
+    commands.add_parser("worker", help="consume and process jobs")
+    commands.add_parser("migrate", help="create the database if needed and apply migrations")
+    commands.add_parser("run", help="development: API and one worker in the foreground")
+    queues = commands.add_parser("queues", help="broker topology")
+    queues.add_argument("action", choices=["upgrade"], help="move classic queues to quorum")
+    dlq = commands.add_parser("dlq", help="the dead-letter queue")
+    dlq.add_argument("action", choices=["list", "requeue", "purge"])
+    dlq.add_argument("--limit", type=int, default=100, help="list: at most this many")
+    dlq.add_argument("--image-id", help="requeue: only this image's jobs")
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="thumbnailer", description=__doc__)
-    parser.add_argument("command", choices=["api", "worker", "migrate", "run"])
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     settings = get_settings()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
@@ -163,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
             serve_worker(settings)
         elif args.command == "migrate":
             migrate(settings)
+        elif args.command == "queues":
+            queues_command(settings, args)
+        elif args.command == "dlq":
+            dlq_command(settings, args)
         else:
             sys.exit(run_both(settings))
     except Unreachable as exc:

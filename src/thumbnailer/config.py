@@ -97,6 +97,20 @@ class Settings(BaseSettings):
     max_retries: int = Field(
         5, ge=0, description="Transient-failure retries before a job is dead-lettered."
     )
+    max_deliveries: int = Field(
+        5,
+        ge=1,
+        description="Times a job may be cut short (its worker killed or stopped mid-job) "
+        "before it ends ERROR and is dead-lettered: stops a crash loop.",
+    )
+    dead_letter_max_length: int = Field(
+        100_000, ge=1, description="Messages the dead-letter queue keeps; the oldest go first."
+    )
+    dead_letter_ttl: float = Field(
+        14 * 86400.0,
+        gt=0,
+        description="Seconds a dead-lettered message is kept for an operator to inspect.",
+    )
     retry_base_delay: float = Field(
         1.0, gt=0, description="First retry delay in seconds; doubles each attempt."
     )

@@ -22,7 +22,7 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
+    topology = Topology.from_settings(settings)
     repo = Repo.connect(settings.database_url, settings.database_pool_size)
     store = open_store(settings)
     broker = Broker(settings.rabbitmq_url, topology)

@@ -82,6 +82,7 @@ _GET = select(*_COLUMNS).where(ImageRow.id == bindparam("image_id"))
 _TO_PROCESSING = _transition_statement((Status.NEW,), "status")
 _TO_DONE = _transition_statement(OPEN, "status", "thumbnails")
 _TO_ERROR = _transition_statement(OPEN, "status", "error")
+_REOPEN = _transition_statement((Status.ERROR,), "status", "error")
 
 
 def _record(row: Row[Any]) -> ImageRecord:
@@ -175,6 +176,10 @@ class Repo:
         return await self._transition(
             _TO_ERROR, image_id, status=Status.ERROR.value, error=reason[:2000]
         )
+
+    async def reopen(self, image_id: uuid.UUID) -> bool:
+        """ERROR -> PROCESSING, for a job an operator sends round again."""
+        return await self._transition(_REOPEN, image_id, status=Status.PROCESSING.value, error=None)
 
     async def _transition(self, stmt: Select[Any], image_id: uuid.UUID, **values: Any) -> bool:
         params = {"image_id": image_id, **{f"new_{k}": v for k, v in values.items()}}

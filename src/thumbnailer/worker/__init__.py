@@ -16,7 +16,7 @@ log = get_logger("thumbnailer.worker")
 
 
 async def run_worker(settings: Settings) -> None:
-    topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
+    topology = Topology.from_settings(settings)
     repo = Repo.connect(settings.database_url, settings.database_pool_size)
     broker = Broker(settings.rabbitmq_url, topology)
     pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="imaging")

@@ -73,7 +73,7 @@ class Worker:
             return
         channel = await self.broker.channel()
         await channel.set_qos(prefetch_count=self.settings.worker_concurrency)
-        queue = await self.topology.declare(channel)
+        queue = await self.topology.work_queue(channel)
         consumer_tag = await queue.consume(self._on_message)
         self.consuming = True
         log.info("worker_started", queue=self.topology.queue, concurrency=self.concurrency)
@@ -155,6 +155,10 @@ class Worker:
             job = Job.from_message(message)
             structlog.contextvars.bind_contextvars(image_id=str(job.image_id), kind=job.kind)
             handler = self._handler_for(job)
+            if stop := policy.interrupted_too_often(job.delivery, self.topology.max_deliveries):
+                await self._dead_letter(message, job, handler, stop)
+                return
+            log.debug("job_started", attempt=job.attempt, delivery=job.delivery)
             result = await handler.run(job)
             outcomes.record(result.outcome, **result.fields)
         except Exception as exc:
@@ -184,16 +188,25 @@ class Worker:
             assert job is not None  # only a parsed job is retried; poison is dead-lettered
             await self._retry(message, job, decision)
         else:
-            if decision.give_up and job is not None and handler is not None:
-                with contextlib.suppress(*policy.TRANSIENT):
-                    await handler.give_up(job, decision.reason)
-            outcomes.record(
-                "dead_lettered",
-                reason=decision.reason,
-                attempts=attempt,
-                body=message.body[:200].decode("latin-1"),
-            )
-            await message.reject(requeue=False)
+            await self._dead_letter(message, job, handler, decision)
+
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        job: Job | None,
+        handler: Handler | None,
+        decision: policy.DeadLetter,
+    ) -> None:
+        if decision.give_up and job is not None and handler is not None:
+            with contextlib.suppress(*policy.TRANSIENT):
+                await handler.give_up(job, decision.reason)
+        outcomes.record(
+            "dead_lettered",
+            reason=decision.reason,
+            attempts=job.attempt if job is not None else 0,
+            body=message.body[:200].decode("latin-1"),
+        )
+        await message.reject(requeue=False)
 
     async def _retry(
         self, message: AbstractIncomingMessage, job: Job, decision: policy.Retry

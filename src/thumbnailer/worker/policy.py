@@ -55,3 +55,14 @@ def decide(attempt: int, exc: BaseException | None, max_retries: int) -> Decisio
     if attempt < max_retries:
         return Retry(attempt + 1, reason)
     return DeadLetter(f"gave up after {attempt} retries: {reason}", give_up=True)
+
+
+def interrupted_too_often(delivery: int, max_deliveries: int) -> DeadLetter | None:
+    """A message cut short `max_deliveries` times (worker killed mid-job) is not run again.
+
+    A job that kills the process it runs in (an out-of-memory kill, a codec crash) would
+    otherwise go round every worker for ever.
+    """
+    if delivery < max_deliveries:
+        return None
+    return DeadLetter(f"processing stopped the worker {delivery} times", give_up=True)
