@@ -48,6 +48,9 @@ class MemoryStore:
     async def healthy(self) -> bool:
         return True
 
+    async def free_bytes(self) -> int | None:
+        return None
+
     def file_server(self) -> ASGIApp:
         async def serve(request: Request) -> Response:
             found = self.objects.get(request.path_params["key"])

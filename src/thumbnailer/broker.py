@@ -17,6 +17,7 @@ warning says so) until `thumbnailer queues upgrade` moves their messages to quor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -218,6 +219,7 @@ class Broker:
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._connector: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self.first_connection = asyncio.Event()
 
     @property
@@ -232,8 +234,14 @@ class Broker:
     async def connect(self) -> None:
         """Connect once and declare the topology; raises if the broker is unreachable."""
         connection = await aio_pika.connect_robust(self.url, timeout=5, reconnect_interval=1)
-        await self.topology.declare(connection)
-        channel = await connection.channel(publisher_confirms=True)
+        try:
+            await self.topology.declare(connection)
+            channel = await connection.channel(publisher_confirms=True)
+        except BaseException:
+            # Cancelled by close() or failed half-way: a robust connection left open would keep
+            # reconnecting in the background for ever.
+            await connection.close()
+            raise
         self.connection, self._channel = connection, channel
 
     def start(self, retry_interval: float = 2.0) -> None:
@@ -241,7 +249,7 @@ class Broker:
         self._connector = asyncio.create_task(self._connect_until_up(retry_interval))
 
     async def _connect_until_up(self, retry_interval: float) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
                 await self.connect()
                 self.first_connection.set()
@@ -249,7 +257,8 @@ class Broker:
                 return
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                 log.warning("broker_unreachable", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(retry_interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), retry_interval)
 
     async def wait_connected(self) -> None:
         """Return once the first connection is up (reconnections are aio-pika's job)."""
@@ -290,7 +299,10 @@ class Broker:
         return depths
 
     async def close(self) -> None:
+        self._closing.set()
         if self._connector is not None and not self._connector.done():
-            self._connector.cancel()
+            # Let an attempt in progress finish (it times out by itself): aio-pika leaves a
+            # robust connection reconnecting in the background when connect_robust is cancelled.
+            await asyncio.wait({self._connector})
         if self.connection is not None:
             await self.connection.close()

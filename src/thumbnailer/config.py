@@ -52,6 +52,24 @@ class Settings(BaseSettings):
     max_file_size: int = Field(
         10 * 1024 * 1024, ge=1, description="Largest upload in bytes, counted while streaming."
     )
+    max_form_parts: int = Field(
+        16, ge=1, description="Most parts a multipart upload may have; more is refused (422)."
+    )
+    max_concurrent_uploads: int = Field(
+        32,
+        ge=1,
+        description="Uploads one API process receives at once; more answer 503 + Retry-After.",
+    )
+    upload_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take to send one upload; slower ones get 408.",
+    )
+    min_free_space: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Bytes of free space the store must keep; below it uploads get 507.",
+    )
     max_image_pixels: int = Field(
         100_000_000,
         ge=1,

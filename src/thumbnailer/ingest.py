@@ -10,6 +10,8 @@ No HTTP here: the API, a URL fetch or a CLI feed the same path.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from thumbnailer.repo import Repo, RepoUnavailable
 from thumbnailer.store import Store, StoreError, original_key
 
 log = get_logger(__name__)
+FREE_SPACE_TTL = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,30 @@ class Accepted:
     info: imaging.ImageInfo
 
 
+class StorageFull(Exception):
+    def __init__(self, free: int) -> None:
+        super().__init__(f"only {free} bytes free")
+        self.free = free
+
+
 class Ingest:
-    def __init__(self, repo: Repo, store: Store, broker: Broker, max_pixels: int) -> None:
+    def __init__(
+        self, repo: Repo, store: Store, broker: Broker, max_pixels: int, min_free_space: int = 0
+    ) -> None:
         self.repo, self.store, self.broker = repo, store, broker
         self.max_pixels = max_pixels
+        self.min_free_space = min_free_space
+        self._free: tuple[float, int | None] = (0.0, None)
+
+    async def check_room(self) -> None:
+        """Raise StorageFull when the store is below its reserve (measured once a second)."""
+        measured_at, free = self._free
+        now = time.monotonic()
+        if now - measured_at > FREE_SPACE_TTL:
+            free = await self.store.free_bytes()
+            self._free = (now, free)
+        if free is not None and free < self.min_free_space:
+            raise StorageFull(free)
 
     async def __call__(self, spooled: Spooled, request_id: str | None) -> Accepted:
         """Raises imaging.ImagingError (not an image we take), StoreError, RepoUnavailable."""
@@ -113,3 +136,19 @@ class Ingest:
 async def discard_spool(path: Path) -> None:
     with suppress(FileNotFoundError):
         await aiofiles.os.remove(path)
+
+
+def sweep_spool(spool: Path, older_than: float) -> int:
+    """Remove spool files left by a process that died mid-upload; returns how many.
+
+    Only files older than any upload may take are touched, so other processes sharing the
+    directory keep their uploads in progress.
+    """
+    cutoff = time.time() - older_than
+    removed = 0
+    for entry in os.scandir(spool):
+        with suppress(FileNotFoundError):
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                os.remove(entry.path)
+                removed += 1
+    return removed

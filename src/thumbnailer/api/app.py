@@ -22,6 +22,7 @@ from thumbnailer.api.errors import install_error_handlers
 from thumbnailer.api.routes import health, images, pages
 from thumbnailer.api.services import Services, build_services
 from thumbnailer.config import Settings, get_settings
+from thumbnailer.ingest import sweep_spool
 from thumbnailer.logging import configure_logging, get_logger
 from thumbnailer.relay import Relay
 
@@ -38,6 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        swept = await asyncio.to_thread(
+            sweep_spool, settings.spool_path, 2 * settings.upload_timeout
+        )
+        if swept:
+            log.info("spool_swept", files=swept)
         state.broker.start()
         relay = Relay(
             state.repo, state.broker, settings.relay_interval, settings.processing_timeout

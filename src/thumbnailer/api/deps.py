@@ -7,7 +7,7 @@ from typing import Annotated
 from asgi_correlation_id import correlation_id
 from fastapi import Depends, Request
 
-from thumbnailer.api.services import Services
+from thumbnailer.api.services import Services, UploadGate
 from thumbnailer.broker import Broker
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest
@@ -44,6 +44,10 @@ def _ingest(request: Request) -> Ingest:
     return services(request).ingest
 
 
+def _uploads(request: Request) -> UploadGate:
+    return services(request).uploads
+
+
 def _url_base(request: Request) -> str:
     """Where clients reach us: the configured public URL, else the URL they used."""
     configured = services(request).settings.public_base_url.rstrip("/")
@@ -60,5 +64,6 @@ StoreDep = Annotated[Store, Depends(_store)]
 BrokerDep = Annotated[Broker, Depends(_broker)]
 NotifierDep = Annotated[StatusNotifier, Depends(_notifier)]
 IngestDep = Annotated[Ingest, Depends(_ingest)]
+UploadsDep = Annotated[UploadGate, Depends(_uploads)]
 UrlBase = Annotated[str, Depends(_url_base)]
 RequestId = Annotated[str | None, Depends(_request_id)]

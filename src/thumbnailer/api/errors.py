@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thumbnailer import imaging
 from thumbnailer.formats import ACCEPTED
+from thumbnailer.ingest import StorageFull
 from thumbnailer.logging import get_logger
 from thumbnailer.repo import RepoUnavailable
 from thumbnailer.store import StoreError
@@ -77,6 +78,35 @@ def file_parts(count: int) -> ApiError:
     return ApiError(422, "invalid_request", f"{problem}: send exactly one image as 'file'")
 
 
+def too_many_parts(limit: int) -> ApiError:
+    return ApiError(
+        422, "too_many_parts", f"the form has more than {limit} parts; send the image as 'file'"
+    )
+
+
+TOO_MANY_UPLOADS = ApiError(
+    503,
+    "too_many_uploads",
+    "this server is taking as many uploads as it can; retry shortly",
+    {"Retry-After": "2"},
+)
+
+
+def upload_timeout(seconds: float) -> ApiError:
+    return ApiError(
+        408, "upload_timeout", f"the upload took longer than {seconds:g} s; send it again"
+    )
+
+
+def insufficient_storage(free: int) -> ApiError:
+    return ApiError(
+        507,
+        "insufficient_storage",
+        f"storage is nearly full ({free // 2**20} MiB free); retry later",
+        {"Retry-After": "60"},
+    )
+
+
 def image_not_found(image_id: uuid.UUID) -> ApiError:
     return ApiError(404, "image_not_found", f"no image with id {image_id}")
 
@@ -118,6 +148,11 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     return _answer(STORAGE_DOWN)
 
 
+async def _storage_full(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StorageFull)
+    return _answer(insufficient_storage(exc.free))
+
+
 async def _imaging_error(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, imaging.ImageTooLarge):
         return _answer(image_too_large(exc))
@@ -153,6 +188,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RepoUnavailable, _repo_unavailable)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(imaging.ImagingError, _imaging_error)
+    app.add_exception_handler(StorageFull, _storage_full)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -164,8 +200,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Malformed request",
         404: "No such image or file",
         413: "File or image dimensions over the limit",
+        408: "The upload took longer than UPLOAD_TIMEOUT",
         415: "Not a supported image (judged by content)",
         422: "Malformed request (e.g. no `file` field, bad id)",
-        503: "A dependency is unavailable",
+        503: "A dependency is unavailable, or too many uploads at once",
+        507: "Storage is nearly full",
     }
     return {s: {"model": ErrorBody, "description": descriptions[s]} for s in statuses}

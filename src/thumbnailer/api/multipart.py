@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import unicodedata
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 FILE_FIELD = "file"
 MAX_FILENAME_CHARS = 255
 WRITE_BATCH_BYTES = 1024 * 1024
+# Room for the multipart framing and the small form fields beside the file.
+FORM_ALLOWANCE = 64 * 1024
 
 
 @dataclass
@@ -37,6 +40,8 @@ class _PartState:
     header_value: bytearray = field(default_factory=bytearray)
     headers: dict[bytes, bytes] = field(default_factory=dict)
     in_file: bool = False
+    parts: int = 0
+    max_parts: int = 16
     file_parts: int = 0
     filename: str | None = None
     pending: list[bytes] = field(default_factory=list)
@@ -44,6 +49,9 @@ class _PartState:
     def on_part_begin(self) -> None:
         self.headers = {}
         self.in_file = False
+        self.parts += 1
+        if self.parts > self.max_parts:
+            raise TooManyParts(self.max_parts)
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]
@@ -72,6 +80,12 @@ class _PartState:
         self.in_file = False
 
 
+class TooManyParts(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} parts")
+        self.limit = limit
+
+
 def clean_filename(name: str) -> str | None:
     """A display-only name: no directories, no control characters, bounded length."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
@@ -94,21 +108,30 @@ def declared_length(request: Request) -> int | None:
         return None
 
 
-async def receive_file(request: Request, spool: Path, max_size: int) -> Spooled:
-    """Stream field `file` into a new file under `spool`; ingest consumes it."""
+async def receive_file(
+    request: Request, spool: Path, max_size: int, max_parts: int = 16
+) -> Spooled:
+    """Stream field `file` into a new file under `spool`; ingest consumes it.
+
+    Every byte of the body counts: the file against `max_size`, the whole body against
+    `max_size` plus a small allowance for framing and other fields.
+    """
     boundary = multipart_boundary(request)
-    # Multipart framing adds a little; a body declared past the limit is refused without being
-    # stored (read and dropped if it is small enough for the client to see the 413).
+    # A body declared past the limit is refused without being stored (read and dropped if it
+    # is small enough for the client to see the 413).
     length = declared_length(request)
-    if length is not None and length > max_size + 64 * 1024:
+    if length is not None and length > max_size + FORM_ALLOWANCE:
         if length <= 2 * max_size:
-            await _drain(request, length)
+            await _drain(request.stream(), length)
         raise errors.file_too_large(max_size)
-    state = _PartState()
+    state = _PartState(max_parts=max_parts)
     parser = MultipartParser(boundary, _callbacks(state))
     tmp = spool / secrets.token_hex(16)
     try:
         size = await _stream_to(tmp, request, parser, state, max_size)
+    except TooManyParts as exc:
+        await discard_spool(tmp)
+        raise errors.too_many_parts(exc.limit) from exc
     except MultipartParseError as exc:
         await discard_spool(tmp)
         raise errors.malformed_multipart(exc) from exc
@@ -129,15 +152,21 @@ async def _stream_to(
 ) -> int:
     """Feed the parser and write the file part in batches, one thread hop per batch."""
     size = 0
+    received = 0
     batch: list[bytes] = []
     batched = 0
+    body = request.stream()
     async with aiofiles.open(tmp, "wb") as sink:
-        async for chunk in request.stream():
+        async for chunk in body:
+            received += len(chunk)
+            if received > max_size + FORM_ALLOWANCE:
+                await _drain(body, max_size)
+                raise errors.file_too_large(max_size)
             parser.write(chunk)
             for piece in state.pending:
                 size += len(piece)
                 if size > max_size:
-                    await _drain(request, max_size)
+                    await _drain(body, max_size)
                     raise errors.file_too_large(max_size)
                 batch.append(piece)
                 batched += len(piece)
@@ -151,7 +180,7 @@ async def _stream_to(
     return size
 
 
-async def _drain(request: Request, budget: int) -> None:
+async def _drain(body: AsyncIterator[bytes], budget: int) -> None:
     """Read and drop up to `budget` more bytes of an oversized body before answering 413.
 
     A server that answers while the client is still sending must close the connection, and most
@@ -160,7 +189,7 @@ async def _drain(request: Request, budget: int) -> None:
     the limit is cut off once the budget is spent. Nothing is kept, so memory stays flat.
     """
     drained = 0
-    async for chunk in request.stream():
+    async for chunk in body:
         drained += len(chunk)
         if drained > budget:
             return

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from thumbnailer.api import errors
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest
@@ -19,6 +22,25 @@ class Services:
     broker: Broker
     notifier: StatusNotifier
     ingest: Ingest
+    uploads: UploadGate
+
+
+class UploadGate:
+    """Counts uploads being received; past the limit a new one is turned away, not queued."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.active >= self.limit:
+            raise errors.TOO_MANY_UPLOADS
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
 
 
 def build_services(settings: Settings) -> Services:
@@ -33,5 +55,6 @@ def build_services(settings: Settings) -> Services:
         store=store,
         broker=broker,
         notifier=StatusNotifier(settings.database_url),
-        ingest=Ingest(repo, store, broker, settings.max_image_pixels),
+        ingest=Ingest(repo, store, broker, settings.max_image_pixels, settings.min_free_space),
+        uploads=UploadGate(settings.max_concurrent_uploads),
     )

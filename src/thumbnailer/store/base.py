@@ -31,5 +31,8 @@ class Store(Protocol):
     async def healthy(self) -> bool:
         """True when objects can be written now."""
 
+    async def free_bytes(self) -> int | None:
+        """Room left for new objects; None when the store has no practical limit (a bucket)."""
+
     def file_server(self) -> ASGIApp:
         """The ASGI app mounted at /files that serves (or redirects to) stored objects."""

@@ -94,6 +94,10 @@ class LocalStore:
     async def healthy(self) -> bool:
         return await asyncio.to_thread(os.access, self.root, os.W_OK)
 
+    async def free_bytes(self) -> int | None:
+        stats = await asyncio.to_thread(os.statvfs, self.root)
+        return stats.f_bavail * stats.f_frsize
+
     def file_server(self) -> ASGIApp:
         return ImmutableFiles(directory=self.root, check_dir=False)
 

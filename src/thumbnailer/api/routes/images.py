@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from thumbnailer.api.deps import (
     RequestId,
     SettingsDep,
     StoreDep,
+    UploadsDep,
     UrlBase,
 )
 from thumbnailer.api.errors import error_responses
@@ -48,7 +50,7 @@ UPLOAD_BODY = {
     "/images",
     status_code=202,
     response_model=UploadAccepted,
-    responses=error_responses(413, 415, 422, 503),
+    responses=error_responses(408, 413, 415, 422, 503, 507),
     openapi_extra=UPLOAD_BODY,
     summary="Upload an image (multipart field `file`)",
 )
@@ -57,10 +59,19 @@ async def upload_image(
     response: Response,
     settings: SettingsDep,
     ingest: IngestDep,
+    uploads: UploadsDep,
     request_id: RequestId,
 ) -> UploadAccepted:
-    spooled = await receive_file(request, settings.spool_path, settings.max_file_size)
-    accepted = await ingest(spooled, request_id)
+    with uploads.admit():
+        await ingest.check_room()
+        try:
+            async with asyncio.timeout(settings.upload_timeout):
+                spooled = await receive_file(
+                    request, settings.spool_path, settings.max_file_size, settings.max_form_parts
+                )
+        except TimeoutError as exc:
+            raise errors.upload_timeout(settings.upload_timeout) from exc
+        accepted = await ingest(spooled, request_id)
     response.headers["Location"] = f"/images/{accepted.id}"
     return UploadAccepted(
         id=accepted.id,
