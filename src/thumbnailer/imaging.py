@@ -27,11 +27,13 @@ thread pool (Pillow releases the GIL while decoding, resizing and encoding).
 from __future__ import annotations
 
 import io
+import mmap
+import re
 import struct
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,6 +46,8 @@ from PIL import (
     PngImagePlugin,
     WebPImagePlugin,
 )
+
+from thumbnailer import decode_budget
 
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 # The plugin classes themselves, not Image.open: that keeps Pillow's global pixel guard out of
@@ -81,6 +85,24 @@ DECODE_ERRORS = (
     struct.error,
 )
 BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# Progressive scans a JPEG may have. Encoders write 10 (libjpeg's simple progression for
+# colour, 6 for grey) and mozjpeg's scan optimisation stays well under 100; libjpeg itself has
+# no limit and entropy-decodes every block of the image once per scan, so a small file with
+# thousands of near-empty scans costs minutes of CPU (the cure53 audit of libjpeg-turbo, 2019;
+# libjpeg-turbo's answer is an opt-in limit: djpeg/jpegtran `-maxscans N`, TurboJPEG
+# TJPARAM_SCANLIMIT, which its own fuzzers set to 500; nvImageCodec defaults to 256). Measured
+# here: 5000 scans of a flat 2048x2048 image take 4.1 s to decode, 0.8 ms a scan at 4 MP.
+DEFAULT_MAX_SCANS = 100
+STRIP_PIXELS = decode_budget.STRIP_PIXELS
+REDUCING_GAP = decode_budget.REDUCING_GAP
+# JPEG markers: SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC); lossless ones have no DCT.
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+# The end of a scan's entropy-coded data: 0xFF followed by anything but a stuffed zero, a
+# restart marker or another 0xFF (fill bytes).
+_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+GIF_FRAME_CAP = 1_000_000
 
 
 class ImagingError(Exception):
@@ -99,12 +121,44 @@ class CorruptImage(ImagingError):
     """The header looked right but the data cannot be decoded (truncated, damaged)."""
 
 
+class TooManyScans(ImageTooLarge):
+    """A progressive JPEG with more scans than the limit: decoding it would cost minutes of CPU."""
+
+
+class DecodeTooLarge(ImageTooLarge):
+    """Decoding would need more memory than the limit, estimated from the header."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
+    """What the header says. Beyond the first four, the facts the decode estimate needs."""
+
     format: str
     media_type: str
     width: int
     height: int
+    mode: str = ""  # Pillow's mode of the first frame, before any conversion
+    frames: int = 1  # GIF: counted (up to GIF_FRAME_CAP); only the first is ever decoded
+    progressive: bool = False  # JPEG: a progressive SOF
+    scans: int = 1  # JPEG: SOS segments, counted up to max_scans + 1
+    sampling: tuple[tuple[int, int], ...] = ()  # JPEG: each component's (h, v) sampling factors
+    lossless: bool = False  # JPEG: a lossless SOF, which cannot be decoded at a reduced scale
+    transparency: bool = False  # P, L, RGB: a transparent index or colour is declared
+    orientation: int = 1  # JPEG: EXIF orientation (the draft target depends on it)
+
+    def layout(self) -> decode_budget.Layout:
+        return decode_budget.Layout(
+            format=self.format,
+            mode=self.mode,
+            width=self.width,
+            height=self.height,
+            progressive=self.progressive,
+            scans=self.scans,
+            sampling=self.sampling,
+            lossless=self.lossless,
+            transparency=self.transparency,
+            orientation=self.orientation,
+        )
 
 
 @dataclass(frozen=True)
@@ -122,16 +176,55 @@ class Thumbnail:
         return f"{self.box[0]}x{self.box[1]}"
 
 
-def probe(path: Path, max_pixels: int) -> ImageInfo:
+def probe(path: Path, max_pixels: int, *, max_scans: int = DEFAULT_MAX_SCANS) -> ImageInfo:
     """Recognise the format by content and read the dimensions from the header only.
 
-    A file that cannot be read at all (missing, no permission) raises OSError: that is the
-    caller's trouble, not the image's.
+    Also reads what estimate_decode needs: the mode, and for a JPEG its markers up to the end
+    (scans, sampling, progressive or not; a scan's entropy data is skipped with one regex
+    search, never decoded); raises TooManyScans past `max_scans` scans. A file that cannot be
+    read at all (missing, no permission) raises OSError: that is the caller's trouble, not the
+    image's.
     """
-    with _opened(path) as image:
-        _check_pixels(image, max_pixels)
-        fmt = _format_of(image)
-        return ImageInfo(fmt, MEDIA_TYPES[fmt], image.width, image.height)
+    return _probe(path, max_pixels, max_scans)
+
+
+def estimate_decode(
+    source: ImageInfo | Path | bytes,
+    boxes: Sequence[tuple[int, int]],
+    *,
+    max_pixels: int = 2**62,
+    max_scans: int = DEFAULT_MAX_SCANS,
+) -> decode_budget.Estimate:
+    """Peak memory make_thumbnails(source, boxes) needs above the idle process, from the header.
+
+    `source` is what probe returned, or the file itself (a path or its bytes: probed here).
+    """
+    info = source if isinstance(source, ImageInfo) else _probe(source, max_pixels, max_scans)
+    return decode_budget.estimate(info.layout(), list(boxes))
+
+
+def estimate_decode_bytes(
+    source: ImageInfo | Path | bytes,
+    boxes: Sequence[tuple[int, int]],
+    *,
+    max_pixels: int = 2**62,
+    max_scans: int = DEFAULT_MAX_SCANS,
+) -> int:
+    """estimate_decode(...).total: the bytes to admit a job against a memory budget."""
+    return estimate_decode(source, boxes, max_pixels=max_pixels, max_scans=max_scans).total
+
+
+def check_decode_budget(
+    info: ImageInfo, boxes: Sequence[tuple[int, int]], max_bytes: int
+) -> decode_budget.Estimate:
+    """The estimate, or DecodeTooLarge (an ImageTooLarge: 413 at upload) when over `max_bytes`."""
+    estimate = decode_budget.estimate(info.layout(), list(boxes))
+    if estimate.total > max_bytes:
+        raise DecodeTooLarge(
+            f"decoding this {info.width}x{info.height} {info.format} image ({info.mode}) would "
+            f"need about {_mb(estimate.total)} of memory; the limit is {_mb(max_bytes)}"
+        )
+    return estimate
 
 
 def make_thumbnails(
@@ -141,12 +234,22 @@ def make_thumbnails(
     max_pixels: int,
     jpeg_quality: int = 85,
     timings: dict[str, float] | None = None,
+    max_scans: int = DEFAULT_MAX_SCANS,
+    max_decode_bytes: int | None = None,
 ) -> list[Thumbnail]:
-    """One thumbnail per box, in the order given; each fits its box and is never enlarged."""
+    """One thumbnail per box, in the order given; each fits its box and is never enlarged.
+
+    Refuses before decoding what probe refuses (pixels, scans) and, with `max_decode_bytes`,
+    an image whose decode estimate is over it (DecodeTooLarge).
+    """
     if not boxes or any(side < 1 for box in boxes for side in box):
         raise ValueError(f"boxes must be a non-empty list of positive sizes, not {boxes!r}")
     clock = _Stopwatch(timings)
     largest_first = sorted(set(boxes), key=lambda box: box[0] * box[1], reverse=True)
+    with clock("decode"):  # the header walk is part of the decode's cost
+        info = _probe(source, max_pixels, max_scans)
+        if max_decode_bytes is not None:
+            check_decode_budget(info, boxes, max_decode_bytes)
     with _opened(source) as image:
         _check_pixels(image, max_pixels)
         with clock("decode"):
@@ -211,6 +314,114 @@ def _format_of(image: ImageFile.ImageFile) -> str:
     return fmt
 
 
+def _mb(value: int) -> str:
+    return f"{value / 2**20:.0f} MB"
+
+
+def _probe(source: Path | bytes, max_pixels: int, max_scans: int) -> ImageInfo:
+    with _opened(source) as image:
+        _check_pixels(image, max_pixels)
+        fmt = _format_of(image)
+        info = ImageInfo(
+            fmt,
+            MEDIA_TYPES[fmt],
+            image.width,
+            image.height,
+            mode=image.mode,
+            transparency="transparency" in image.info,
+            orientation=_orientation(image) if fmt == "JPEG" else 1,
+            frames=getattr(image, "n_frames", 1) if fmt in ("PNG", "WEBP") else 1,
+        )
+    if fmt not in ("JPEG", "GIF"):
+        return info
+    with _bytes_of(source) as data:
+        try:
+            if fmt == "GIF":
+                return replace(info, frames=_gif_frames(data))
+            return _jpeg_layout(info, data, max_scans)
+        except (IndexError, ValueError, struct.error) as exc:
+            raise CorruptImage(f"cannot read the {fmt} structure: {exc}") from exc
+
+
+@contextmanager
+def _bytes_of(source: Path | bytes) -> Iterator[bytes | mmap.mmap]:
+    """The file's bytes without reading them into memory (a read-only map of a path)."""
+    if isinstance(source, bytes):
+        yield source
+        return
+    with source.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        yield data
+
+
+def _jpeg_layout(info: ImageInfo, data: bytes | mmap.mmap, max_scans: int) -> ImageInfo:
+    """Walk the markers from SOI to EOI (or the end): the SOF's layout and the scan count."""
+    position, scans, end = 2, 0, len(data)
+    sampling: tuple[tuple[int, int], ...] = ()
+    sof = 0xC0
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            raise ValueError(f"no marker at byte {position}")
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xD9:  # EOI: an MPO's second picture or appended data lie beyond
+            break
+        if marker in (0x01, *range(0xD0, 0xD9)):  # TEM, RSTn, SOI: no length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segment = data[position + 4 : position + 2 + length]
+        position += 2 + length
+        if marker in SOF_MARKERS and not sampling:
+            sof = marker
+            components = segment[5]
+            sampling = tuple(
+                (segment[7 + 3 * i] >> 4, segment[7 + 3 * i] & 15) for i in range(components)
+            )
+            if any(h < 1 or v < 1 for h, v in sampling):
+                raise ValueError("a sampling factor of zero")
+        elif marker == 0xDA:
+            scans += 1
+            if scans > max_scans:
+                raise TooManyScans(
+                    f"the JPEG has more than {max_scans} scans; the limit is {max_scans} "
+                    "(decoding each scan costs a pass over the whole image)"
+                )
+            found = _ENTROPY_END.search(data, position)
+            position = found.start() if found else end
+    return replace(
+        info,
+        progressive=sof in PROGRESSIVE_SOF,
+        lossless=sof in LOSSLESS_SOF,
+        scans=max(scans, 1),
+        sampling=sampling,
+    )
+
+
+def _gif_frames(data: bytes | mmap.mmap) -> int:
+    """Count image descriptors by skipping blocks (no LZW decoding), up to GIF_FRAME_CAP."""
+    flags = data[10]
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    frames, end = 0, len(data)
+    while position < end and frames < GIF_FRAME_CAP:
+        introducer = data[position]
+        if introducer == 0x3B:  # trailer
+            break
+        if introducer == 0x2C:
+            frames += 1
+            local = data[position + 9]
+            position += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1  # + LZW size
+        elif introducer == 0x21:
+            position += 2
+        else:
+            break  # garbage after the frames: Pillow stops there too
+        while position < end and data[position]:  # data sub-blocks
+            position += data[position] + 1
+        position += 1
+    return max(frames, 1)
+
+
 def _check_pixels(image: Image.Image, max_pixels: int) -> None:
     pixels = image.width * image.height
     if pixels > max_pixels:
@@ -273,10 +484,42 @@ def _cascade(
 def _to_display(image: Image.Image, size: tuple[int, int], orientation: int) -> Image.Image:
     """Resize to the largest thumbnail's size, then orient and convert to sRGB on the result."""
     icc = image.info.get("icc_profile")
-    resized = _resize(_to_8bit(image), _stored(size, orientation), first=True)
+    resized = _first_resize(image, _stored(size, orientation))
     if orientation in TRANSPOSE:
         resized = resized.transpose(TRANSPOSE[orientation])
     return _to_srgb(resized, icc)
+
+
+def _first_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """_resize(_to_8bit(image), size, first=True), without a full-size converted copy.
+
+    Modes that need a conversion (I;16, P, 1, LA and RGBA, which Pillow premultiplies to La
+    and RGBa before filtering) are converted and box-reduced in strips of ~STRIP_PIXELS whose
+    height is a multiple of the reduction factor, so the result is the one Pillow's resize
+    gives (the same reduce blocks, the same filter and box), while memory holds the decoded
+    image, one strip and the reduced image instead of two or three full-size copies (measured
+    on 100 MP: RGBA 804 -> 420 MB, 16-bit grey 954 -> 224 MB, palette 900 -> 141 MB).
+    """
+    target = decode_budget.eight_bit_mode(image.mode, "transparency" in image.info)
+    work = {"LA": "La", "RGBA": "RGBa"}.get(target, target)
+    if image.mode == work or image.size == size:
+        return _resize(_to_8bit(image), size, first=True)
+    width, height = image.size
+    factor_x = int(width / size[0] / REDUCING_GAP) or 1
+    factor_y = int(height / size[1] / REDUCING_GAP) or 1
+    rows = max(factor_y, STRIP_PIXELS // width // factor_y * factor_y)
+    reduced = Image.new(work, (-(-width // factor_x), -(-height // factor_y)))
+    for top in range(0, height, rows):
+        strip = _to_8bit(image.crop((0, top, width, min(height, top + rows))))
+        if strip.mode != work:
+            strip = strip.convert(work)
+        if (factor_x, factor_y) != (1, 1):
+            strip = strip.reduce((factor_x, factor_y))
+        reduced.paste(strip, (0, top // factor_y))
+        del strip
+    box = (0.0, 0.0, width / factor_x, height / factor_y)
+    resized = reduced.resize(size, RESAMPLE_FIRST, box=box)
+    return resized.convert(target) if resized.mode != target else resized
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
