@@ -37,8 +37,8 @@ STRIP_PIXELS = 1 << 20  # imaging converts in strips of about this many pixels
 STRIP_BYTES_A_PIXEL = 14  # crop + I;16 -> I -> point -> L, the costliest conversion
 WEBP_COPIES = 4  # canvas, previous canvas, Pillow's bytes, Pillow's image
 COEFFICIENT_BYTES = 128  # 64 coefficients of 2 bytes in each 8x8 block
-ENCODE_BYTES_A_PIXEL = 24  # of the largest thumbnail; libwebp's encoder at method 2, measured
-FIXED_BYTES = 16 << 20  # allocator slack, codec tables, lcms, Python objects; measured
+ENCODE_BYTES_A_PIXEL = 8  # of the largest thumbnail: encoder buffers (libwebp needs the most)
+FIXED_BYTES = 8 << 20  # allocator slack, codec tables, Python objects; measured
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Layout:
     lossless: bool = False
     transparency: bool = False
     orientation: int = 1
+    file_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,5 +175,9 @@ def estimate(
     parts["thumbnail"] = thumbnail * 4 * 3  # resized, converted back or oriented, sRGB
     parts["encode"] = thumbnail * ENCODE_BYTES_A_PIXEL
     parts["fixed"] = FIXED_BYTES
-    peak = max(decode_phase, kept + resize) + parts["thumbnail"] + parts["encode"] + FIXED_BYTES
+    # The source itself: the worker reads it into memory; Pillow's WebP plugin reads it into a
+    # bytes object and libwebp's demuxer keeps a copy of its own.
+    parts["source"] = layout.file_bytes * (3 if layout.format == "WEBP" else 1)
+    peak = max(decode_phase, kept + resize) + parts["thumbnail"] + parts["encode"]
+    peak += FIXED_BYTES + parts["source"]
     return Estimate(peak, parts, scale)

@@ -145,6 +145,7 @@ class ImageInfo:
     lossless: bool = False  # JPEG: a lossless SOF, which cannot be decoded at a reduced scale
     transparency: bool = False  # P, L, RGB: a transparent index or colour is declared
     orientation: int = 1  # JPEG: EXIF orientation (the draft target depends on it)
+    file_bytes: int = 0  # the encoded size (the worker holds it; Pillow's WebP copies it twice)
 
     def layout(self) -> decode_budget.Layout:
         return decode_budget.Layout(
@@ -158,6 +159,7 @@ class ImageInfo:
             lossless=self.lossless,
             transparency=self.transparency,
             orientation=self.orientation,
+            file_bytes=self.file_bytes,
         )
 
 
@@ -331,6 +333,7 @@ def _probe(source: Path | bytes, max_pixels: int, max_scans: int) -> ImageInfo:
             transparency="transparency" in image.info,
             orientation=_orientation(image) if fmt == "JPEG" else 1,
             frames=getattr(image, "n_frames", 1) if fmt in ("PNG", "WEBP") else 1,
+            file_bytes=len(source) if isinstance(source, bytes) else source.stat().st_size,
         )
     if fmt not in ("JPEG", "GIF"):
         return info
@@ -359,8 +362,11 @@ def _jpeg_layout(info: ImageInfo, data: bytes | mmap.mmap, max_scans: int) -> Im
     sampling: tuple[tuple[int, int], ...] = ()
     sof = 0xC0
     while position + 4 <= end:
-        if data[position] != 0xFF:
-            raise ValueError(f"no marker at byte {position}")
+        if data[position] != 0xFF:  # junk between segments: libjpeg warns and skips it
+            position = data.find(b"\xff", position)
+            if position < 0:
+                break
+            continue
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
