@@ -7,6 +7,7 @@ is the job's own peak. The estimate must never be below that and not absurdly ab
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -193,7 +194,8 @@ def test_progressive_100mp_jpeg_counts_its_coefficient_buffer(
     hostile_files: dict[str, Path],
 ) -> None:
     info = imaging.probe(hostile_files["progressive_jpeg_100mp"], LIMIT)
-    assert info.progressive and info.scans == 10
+    assert info.progressive
+    assert info.scans == 10
     assert info.sampling == ((2, 2), (1, 1), (1, 1))
     estimate = imaging.estimate_decode(info, BOXES)
     assert estimate.parts["coefficients"] == 300_000_000  # 1250^2 + 2 x 625^2 blocks x 128 B
@@ -275,5 +277,5 @@ def test_animated_webp_frames_come_from_the_demuxer(tmp_path: Path) -> None:
 def test_flat_webp_is_tiny_and_valid(tmp_path: Path) -> None:
     data = hostile.flat_webp_lossless(300, 200, (255, 10, 200, 30))
     assert len(data) < 100
-    with Image.open(__import__("io").BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data)) as image:
         assert image.getpixel((150, 100))[:3] == (10, 200, 30)  # type: ignore[index]

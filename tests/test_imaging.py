@@ -412,3 +412,33 @@ def test_property_thumbnails_always_fit(
         assert abs(thumb.width - expected[0]) <= 1
         assert abs(thumb.height - expected[1]) <= 1
         assert opened(thumb).size == (thumb.width, thumb.height)
+
+
+def _noisy(mode: str, size: tuple[int, int]) -> Image.Image:
+    grey = Image.effect_noise(size, 80)
+    if mode == "I;16":
+        return grey.convert("I").point(lambda v: v * 250).convert("I;16")
+    if mode == "P":
+        image = Image.merge("RGB", (grey, grey.rotate(180), grey)).quantize(64)
+        image.info["transparency"] = 3
+        return image
+    if mode in ("RGBA", "LA", "PA"):
+        image = Image.merge("RGBA", (grey, grey.rotate(180), grey, Image.effect_noise(size, 120)))
+        return image.convert(mode)
+    return grey.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "P", "RGBA", "LA", "PA", "1"])
+@pytest.mark.parametrize(
+    ("size", "target"),
+    [((3001, 2003), (1200, 800)), ((5003, 997), (1200, 239)), ((1300, 1250), (1200, 1154))],
+)
+def test_strip_conversion_gives_the_bytes_a_whole_image_conversion_gives(
+    mode: str, size: tuple[int, int], target: tuple[int, int]
+) -> None:
+    """Converting and box-reducing in strips saves memory, never changes a pixel."""
+    image = _noisy(mode, size)
+    whole = imaging._resize(imaging._to_8bit(image), target, first=True)
+    strips = imaging._first_resize(image, target)
+    assert strips.mode == whole.mode
+    assert strips.tobytes() == whole.tobytes()
