@@ -279,3 +279,24 @@ def test_flat_webp_is_tiny_and_valid(tmp_path: Path) -> None:
     assert len(data) < 100
     with Image.open(io.BytesIO(data)) as image:
         assert image.getpixel((150, 100))[:3] == (10, 200, 30)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(marked(300, 200), "WEBP"),
+        encode(marked(300, 200), "WEBP", lossless=True),
+        encode(marked(300, 200).convert("RGBA"), "WEBP"),
+        hostile.flat_webp_lossless(321, 123, (10, 1, 2, 3)),
+        hostile.animated_webp(frames=7),
+        encode(Image.new("RGBA", (64, 48), (1, 2, 3, 4)), "WEBP", lossless=True, exact=True),
+    ],
+    ids=["lossy", "lossless", "lossy_alpha", "vp8l_alpha", "animated", "lossless_alpha"],
+)
+def test_webp_header_reads_what_pillow_reads(data: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "a.webp"
+    path.write_bytes(data)
+    info = imaging.probe(path, LIMIT)
+    with Image.open(path) as image:
+        expected = (image.size, image.mode, getattr(image, "n_frames", 1))
+    assert ((info.width, info.height), info.mode, info.frames) == expected

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import mmap
+import os
 import re
 import struct
 import time
@@ -321,6 +322,9 @@ def _mb(value: int) -> str:
 
 
 def _probe(source: Path | bytes, max_pixels: int, max_scans: int) -> ImageInfo:
+    with _bytes_of(source) as data:
+        if sniff(data[:16]) == "WEBP":
+            return _probe_webp(data, max_pixels)
     with _opened(source) as image:
         _check_pixels(image, max_pixels)
         fmt = _format_of(image)
@@ -352,8 +356,12 @@ def _bytes_of(source: Path | bytes) -> Iterator[bytes | mmap.mmap]:
     if isinstance(source, bytes):
         yield source
         return
-    with source.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        yield data
+    with source.open("rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            yield b""  # an empty file cannot be mapped
+            return
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
 
 
 def _jpeg_layout(info: ImageInfo, data: bytes | mmap.mmap, max_scans: int) -> ImageInfo:
@@ -405,6 +413,52 @@ def _jpeg_layout(info: ImageInfo, data: bytes | mmap.mmap, max_scans: int) -> Im
     )
 
 
+def _probe_webp(data: bytes | mmap.mmap, max_pixels: int) -> ImageInfo:
+    """Read a WebP's RIFF chunks, never through Pillow: opening one there creates libwebp's
+    animation decoder, which allocates two full canvases (800 MB of address space at 100 MP)
+    before anything is decoded. Same size and mode as Pillow reports (tested)."""
+    try:
+        fourcc, payload = bytes(data[12:16]), bytes(data[20:30])
+        alpha, frames = False, 1
+        if fourcc == b"VP8 " and payload[3:6] == b"\x9d\x01\x2a":
+            width = int.from_bytes(payload[6:8], "little") & 0x3FFF
+            height = int.from_bytes(payload[8:10], "little") & 0x3FFF
+        elif fourcc == b"VP8L" and payload[0] == 0x2F:
+            bits = int.from_bytes(payload[1:5], "little")
+            width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            alpha = bool(bits >> 28 & 1)
+        elif fourcc == b"VP8X" and len(payload) == 10:
+            alpha = bool(payload[0] & 0x10)
+            width = int.from_bytes(payload[4:7], "little") + 1
+            height = int.from_bytes(payload[7:10], "little") + 1
+            if payload[0] & 0x02:  # animation: count the ANMF chunks
+                frames = max(1, _riff_count(data, b"ANMF"))
+        else:
+            raise CorruptImage("cannot decode the WEBP image: no VP8, VP8L or VP8X header")
+    except IndexError as exc:
+        raise CorruptImage("cannot decode the WEBP image: the header is cut short") from exc
+    _check_size(width, height, max_pixels)
+    return ImageInfo(
+        "WEBP",
+        MEDIA_TYPES["WEBP"],
+        width,
+        height,
+        mode="RGBA" if alpha else "RGB",
+        frames=frames,
+        file_bytes=len(data),
+    )
+
+
+def _riff_count(data: bytes | mmap.mmap, fourcc: bytes) -> int:
+    position, count, end = 12, 0, len(data)
+    while position + 8 <= end:
+        if data[position : position + 4] == fourcc:
+            count += 1
+        size = int.from_bytes(data[position + 4 : position + 8], "little")
+        position += 8 + size + (size & 1)
+    return count
+
+
 def _gif_frames(data: bytes | mmap.mmap) -> int:
     """Count image descriptors by skipping blocks (no LZW decoding), up to GIF_FRAME_CAP."""
     flags = data[10]
@@ -429,11 +483,14 @@ def _gif_frames(data: bytes | mmap.mmap) -> int:
 
 
 def _check_pixels(image: Image.Image, max_pixels: int) -> None:
-    pixels = image.width * image.height
+    _check_size(image.width, image.height, max_pixels)
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    pixels = width * height
     if pixels > max_pixels:
         raise ImageTooLarge(
-            f"the image is {image.width}x{image.height} ({pixels} pixels); "
-            f"the limit is {max_pixels} pixels"
+            f"the image is {width}x{height} ({pixels} pixels); the limit is {max_pixels} pixels"
         )
     if pixels == 0:
         raise CorruptImage("the image has no pixels")

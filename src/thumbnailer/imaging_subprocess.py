@@ -46,7 +46,8 @@ from thumbnailer import imaging
 _HEADER = 4  # bytes of the big-endian length in front of each JSON header
 _MAX_HEADER = 1 << 20
 # Codec errors raised under the rlimit are not always MemoryError (libjpeg reports "insufficient
-# memory" through Pillow as an OSError); a failure within this much of the cap counts as memory.
+# memory" through Pillow as an OSError); a failure within this much of the cap counts as memory,
+# and so does one on an image whose estimate is over the limit.
 _NEAR_LIMIT = 64 << 20
 ERRORS: dict[str, type[imaging.ImagingError]] = {
     cls.__name__: cls
@@ -318,13 +319,14 @@ def _serve(memory_limit: int) -> None:
             return
         source: Path | bytes = Path(request["path"]) if "path" in request else payload
         del payload
+        boxes = [(int(w), int(h)) for w, h in request["boxes"]]
         timings: dict[str, float] = {}
         answer: dict[str, Any] = {"ok": False}
         data = b""
         try:
             thumbs = imaging.make_thumbnails(
                 source,
-                [(int(w), int(h)) for w, h in request["boxes"]],
+                boxes,
                 max_pixels=int(request["max_pixels"]),
                 jpeg_quality=int(request["jpeg_quality"]),
                 max_scans=int(request["max_scans"]),
@@ -348,7 +350,9 @@ def _serve(memory_limit: int) -> None:
         except MemoryError:
             answer = _memory_answer(memory_limit)
         except imaging.ImagingError as exc:
-            if _vm_kb("VmPeak") * 1024 >= cap - _NEAR_LIMIT:
+            if _vm_kb("VmPeak") * 1024 >= cap - _NEAR_LIMIT or _needs_more(
+                source, boxes, memory_limit
+            ):
                 answer = _memory_answer(memory_limit)
             else:
                 answer = {"ok": False, "kind": type(exc).__name__, "message": str(exc)}
@@ -357,6 +361,15 @@ def _serve(memory_limit: int) -> None:
         answer["timings"] = timings
         answer["payload"] = len(data)
         _write_frame(stdout, answer, data)
+
+
+def _needs_more(source: Path | bytes, boxes: list[tuple[int, int]], memory_limit: int) -> bool:
+    """A single allocation over the cap fails at once, far from VmPeak (libwebp's canvas fails
+    as "could not create decoder object"): then the estimate tells whether memory was why."""
+    try:
+        return imaging.estimate_decode_bytes(source, boxes) > memory_limit
+    except (imaging.ImagingError, OSError, MemoryError):
+        return False
 
 
 def _memory_answer(memory_limit: int) -> dict[str, Any]:
