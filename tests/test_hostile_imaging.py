@@ -179,7 +179,7 @@ def test_hostile_file_gets_its_answer(
 
 def test_refusal_names_the_estimate_and_the_limit(hostile_files: dict[str, Path]) -> None:
     info = imaging.probe(hostile_files["webp_lossless_flat_100mp"], LIMIT)
-    with pytest.raises(imaging.DecodeTooLarge, match=r"about 15\d\d MB .*the limit is 320 MB"):
+    with pytest.raises(imaging.DecodeTooLarge, match=r"about 11\d\d MB .*the limit is 320 MB"):
         imaging.check_decode_budget(info, BOXES, MAX_DECODE_MEMORY)
 
 

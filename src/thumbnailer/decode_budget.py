@@ -9,12 +9,14 @@ The model adds up the buffers that are alive at the same time in our pipeline, p
   whole-image coefficient buffer when the file has more than one scan (progressive, or
   sequential with components in separate scans: libjpeg must keep every DCT coefficient,
   2 bytes each, at full size, whatever the output scale). PNG, GIF: the full-size image in
-  Pillow's mode (P, L, 1: 1 byte a pixel, I;16: 2, everything else 4). WebP: four full-size
-  RGBA buffers, all alive until the image is closed: libwebp's WebPAnimDecoder keeps the
-  canvas and the previous-frame canvas, Pillow copies the frame into a bytes object and then
-  into its image (measured: 1526 MB for 100 MP = 4 x 381 MiB). No scaled decoding exists for
-  PNG, GIF or WebP through Pillow 13 (libwebp has `use_scaling`, but `PIL._webp` exposes only
-  the animation decoder, and lossless VP8L keeps a full-size ARGB buffer even when scaling).
+  Pillow's mode (P, L, 1: 1 byte a pixel, I;16: 2, everything else 4). WebP: three full-size
+  RGBA buffers at the peak: libwebp's WebPAnimDecoder holds the canvas and the previous-frame
+  canvas, and hands the frame out as a bytes object; imaging drops the decoder then and maps
+  those bytes as the image, so only one stays for the resize (measured at 100 MP: 1145 MB =
+  3 x 381 MiB; through Pillow's plugin, which keeps all of them plus its own copy, 1526 MB).
+  No scaled decoding exists for PNG, GIF or WebP through Pillow 13 (libwebp has
+  `use_scaling`, but `PIL._webp` exposes only the animation decoder, and lossless VP8L keeps
+  a full-size ARGB buffer even when scaling).
 - resize: what stays from the decode + the conversion strips (modes that need a conversion
   are converted and box-reduced in strips of ~1 MP, so no full-size converted copy exists)
   + the box-reduced image + Pillow's horizontal-pass buffer + the first thumbnail and its
@@ -35,7 +37,7 @@ MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
 REDUCING_GAP = 2.0  # imaging._resize's reducing_gap: the box reduction factor follows from it
 STRIP_PIXELS = 1 << 20  # imaging converts in strips of about this many pixels
 STRIP_BYTES_A_PIXEL = 14  # crop + I;16 -> I -> point -> L, the costliest conversion
-WEBP_COPIES = 4  # canvas, previous canvas, Pillow's bytes, Pillow's image
+WEBP_COPIES = 3  # canvas, previous canvas, the frame's bytes (which become the image)
 COEFFICIENT_BYTES = 128  # 64 coefficients of 2 bytes in each 8x8 block
 ENCODE_BYTES_A_PIXEL = 8  # of the largest thumbnail: encoder buffers (libwebp needs the most)
 FIXED_BYTES = 8 << 20  # allocator slack, codec tables, Python objects; measured
@@ -135,12 +137,13 @@ def estimate(
         decode_phase = sum(parts.values())
         kept = decoded
     elif layout.format == "WEBP":
-        source_mode = layout.mode
+        source_mode = "RGBA" if layout.mode == "RGBA" else "RGBX"  # what libwebp hands out
         decoded_size = (width, height)
         decoded = width * height * 4
         parts["decoded"] = decoded
         parts["decoder_copies"] = (WEBP_COPIES - 1) * decoded
-        decode_phase = kept = WEBP_COPIES * decoded
+        decode_phase = WEBP_COPIES * decoded
+        kept = decoded  # the decoder is gone once the frame is out
     else:  # PNG, GIF: the full image in Pillow's mode, and row buffers
         source_mode = layout.mode
         decoded_size = (width, height)
