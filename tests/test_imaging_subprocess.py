@@ -102,3 +102,23 @@ def test_jobs_run_side_by_side_in_separate_children() -> None:
         assert len(runner._children) <= 2
     finally:
         runner.close()
+
+
+@pytest.mark.parametrize(
+    "name", ["png_100mp_grey16", "png_12mp_rgba", "webp_12mp_lossy", "jpeg_12mp_444_progressive"]
+)
+def test_what_the_estimate_admits_fits_the_childs_address_space_cap(
+    name: str, tmp_path: Path
+) -> None:
+    """RLIMIT_AS caps virtual memory, which runs above RSS: an image admitted against
+    MAX_DECODE_MEMORY must still decode in a child capped at the same number."""
+    from tests.test_hostile_imaging import CALIBRATION, MAX_DECODE_MEMORY
+
+    path = tmp_path / name
+    path.write_bytes(CALIBRATION[name]())
+    assert imaging.estimate_decode_bytes(path, BOXES) <= MAX_DECODE_MEMORY
+    runner = DecodeRunner(processes=1, memory_limit=MAX_DECODE_MEMORY, timeout=60)
+    try:
+        assert len(runner.run(path, BOXES, max_pixels=LIMIT)) == 3
+    finally:
+        runner.close()
