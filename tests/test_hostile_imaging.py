@@ -300,3 +300,14 @@ def test_webp_header_reads_what_pillow_reads(data: bytes, tmp_path: Path) -> Non
     with Image.open(path) as image:
         expected = (image.size, image.mode, getattr(image, "n_frames", 1))
     assert ((info.width, info.height), info.mode, info.frames) == expected
+
+
+def test_a_cut_webp_is_refused_at_probe_as_before(tmp_path: Path) -> None:
+    data = encode(marked(600, 400), "WEBP")
+    path = tmp_path / "a.webp"
+    for cut in (data[: len(data) // 2], data[:-1]):
+        path.write_bytes(cut)
+        with pytest.raises(imaging.CorruptImage):
+            imaging.probe(path, LIMIT)
+    path.write_bytes(data + b"xx")  # trailing bytes are fine, for libwebp too
+    assert imaging.probe(path, LIMIT).width == 600

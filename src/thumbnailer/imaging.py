@@ -449,6 +449,7 @@ def _probe_webp(data: bytes | mmap.mmap, max_pixels: int) -> ImageInfo:
     animation decoder, which allocates two full canvases (800 MB of address space at 100 MP)
     before anything is decoded. Same size and mode as Pillow reports (tested)."""
     try:
+        chunks = _riff_chunks(data)
         fourcc, payload = bytes(data[12:16]), bytes(data[20:30])
         alpha, frames = False, 1
         if fourcc == b"VP8 " and payload[3:6] == b"\x9d\x01\x2a":
@@ -463,7 +464,7 @@ def _probe_webp(data: bytes | mmap.mmap, max_pixels: int) -> ImageInfo:
             width = int.from_bytes(payload[4:7], "little") + 1
             height = int.from_bytes(payload[7:10], "little") + 1
             if payload[0] & 0x02:  # animation: count the ANMF chunks
-                frames = max(1, _riff_count(data, b"ANMF"))
+                frames = max(1, chunks.count(b"ANMF"))
         else:
             raise CorruptImage("cannot decode the WEBP image: no VP8, VP8L or VP8X header")
     except IndexError as exc:
@@ -480,14 +481,20 @@ def _probe_webp(data: bytes | mmap.mmap, max_pixels: int) -> ImageInfo:
     )
 
 
-def _riff_count(data: bytes | mmap.mmap, fourcc: bytes) -> int:
-    position, count, end = 12, 0, len(data)
+def _riff_chunks(data: bytes | mmap.mmap) -> list[bytes]:
+    """The top-level chunk names, checking each lies inside the file as libwebp's demuxer does
+    (a cut file is refused at upload, as it was when Pillow's open ran the demuxer)."""
+    end = 8 + int.from_bytes(data[4:8], "little")
+    if end > len(data):
+        raise CorruptImage("cannot decode the WEBP image: the file is cut short")
+    position, names = 12, []
     while position + 8 <= end:
-        if data[position : position + 4] == fourcc:
-            count += 1
         size = int.from_bytes(data[position + 4 : position + 8], "little")
+        if position + 8 + size > end:
+            raise CorruptImage("cannot decode the WEBP image: a chunk runs past the end")
+        names.append(bytes(data[position : position + 4]))
         position += 8 + size + (size & 1)
-    return count
+    return names
 
 
 def _gif_frames(data: bytes | mmap.mmap) -> int:
