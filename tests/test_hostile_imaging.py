@@ -7,6 +7,7 @@ is the job's own peak. The estimate must never be below that and not absurdly ab
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -20,7 +21,7 @@ from PIL import Image
 
 from tests import hostile
 from tests.images import encode, marked
-from thumbnailer import imaging
+from thumbnailer import decode_budget, imaging
 
 BOXES = [(100, 100), (300, 300), (1200, 1200)]
 LIMIT = 100_000_000
@@ -311,3 +312,53 @@ def test_a_cut_webp_is_refused_at_probe_as_before(tmp_path: Path) -> None:
             imaging.probe(path, LIMIT)
     path.write_bytes(data + b"xx")  # trailing bytes are fine, for libwebp too
     assert imaging.probe(path, LIMIT).width == 600
+
+
+async def test_memory_budget_admits_in_order_and_never_past_the_total() -> None:
+    budget = decode_budget.MemoryBudget(100)
+    running: list[str] = []
+    peak = 0
+    order: list[str] = []
+
+    async def job(name: str, nbytes: int, seconds: float) -> None:
+        nonlocal peak
+        async with budget.reserve(nbytes):
+            running.append(name)
+            order.append(name)
+            peak = max(peak, budget.used)
+            await asyncio.sleep(seconds)
+            running.remove(name)
+
+    jobs = [
+        asyncio.create_task(job("a", 60, 0.05)),
+        asyncio.create_task(job("big", 90, 0.01)),  # waits for a, then runs alone
+        asyncio.create_task(job("small", 10, 0.01)),  # fits beside a, but big is first in line
+    ]
+    await asyncio.gather(*jobs)
+    assert order == ["a", "big", "small"]
+    assert peak <= 100
+    assert budget.used == 0
+
+
+async def test_memory_budget_refuses_a_job_bigger_than_the_budget() -> None:
+    budget = decode_budget.MemoryBudget(100 * MB)
+    with pytest.raises(decode_budget.OverBudget, match=r"needs about 200 MB.*budget is 100 MB"):
+        budget.reserve(200 * MB)
+
+
+async def test_a_cancelled_waiter_gives_its_place_back() -> None:
+    budget = decode_budget.MemoryBudget(100)
+    async with budget.reserve(80):
+        waiter = asyncio.create_task(_hold(budget, 50))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert budget.used == 0
+    async with budget.reserve(100):
+        assert budget.used == 100
+
+
+async def _hold(budget: decode_budget.MemoryBudget, nbytes: int) -> None:
+    async with budget.reserve(nbytes):
+        await asyncio.sleep(1)

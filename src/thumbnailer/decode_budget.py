@@ -1,7 +1,8 @@
 """What `imaging.make_thumbnails` will need in memory for one image, from its header alone.
 
 Pure arithmetic on the facts `imaging.probe` reads (format, mode, size, JPEG layout); no I/O and
-no Pillow, so the API can refuse at upload and the worker can admit jobs against a budget.
+no Pillow, so the API can refuse at upload and the worker can admit jobs against a budget
+(MemoryBudget, at the end: a byte semaphore for the worker's event loop).
 
 The model adds up the buffers that are alive at the same time in our pipeline, per phase:
 
@@ -30,6 +31,10 @@ is measured and within 2x + 32 MB of it.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 # Bytes a pixel in Pillow's storage: every multi-band mode is 4 bytes, "1" is a byte a pixel.
@@ -184,3 +189,67 @@ def estimate(
     peak = max(decode_phase, kept + resize) + parts["thumbnail"] + parts["encode"]
     peak += FIXED_BYTES + parts["source"]
     return Estimate(peak, parts, scale)
+
+
+class OverBudget(Exception):
+    """One job needs more than the whole budget: it can never run (end it in ERROR)."""
+
+
+class MemoryBudget:
+    """Admission by bytes for one worker process: jobs running at once never add up past
+    `total` (WORKER_MEMORY_BUDGET). First come, first served: a big job at the head of the
+    line is not overtaken by small ones; it runs as soon as enough has been released.
+
+        async with budget.reserve(imaging.estimate_decode_bytes(source, boxes)):
+            ...  # decode
+    """
+
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError("the budget must be positive")
+        self.total = total
+        self.used = 0
+        self._line: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def reserve(self, nbytes: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Raises OverBudget at once when `nbytes` alone is over the budget."""
+        if nbytes > self.total:
+            raise OverBudget(
+                f"the image needs about {nbytes / 2**20:.0f} MB to decode; "
+                f"the worker's budget is {self.total / 2**20:.0f} MB"
+            )
+        return self._reserved(max(0, nbytes))
+
+    @contextlib.asynccontextmanager
+    async def _reserved(self, nbytes: int) -> AsyncIterator[None]:
+        if not self._line and self.used + nbytes <= self.total:
+            self.used += nbytes
+        else:
+            entry = (nbytes, asyncio.get_running_loop().create_future())
+            self._line.append(entry)
+            try:
+                await entry[1]  # _grant has added nbytes to used on our behalf
+            except BaseException:
+                if entry[1].done() and not entry[1].cancelled():
+                    self.used -= nbytes  # granted, then cancelled before it could run
+                elif entry in self._line:
+                    self._line.remove(entry)
+                self._grant()
+                raise
+        try:
+            yield
+        finally:
+            self.used -= nbytes
+            self._grant()
+
+    def _grant(self) -> None:
+        while self._line:
+            nbytes, turn = self._line[0]
+            if turn.done():  # cancelled while waiting
+                self._line.popleft()
+            elif self.used + nbytes <= self.total:
+                self._line.popleft()
+                self.used += nbytes
+                turn.set_result(None)
+            else:
+                break
