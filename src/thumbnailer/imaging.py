@@ -20,6 +20,17 @@ The pixel limit is ours alone: formats are recognised by their signature and ope
 their Pillow plugin directly, so Pillow's process-wide MAX_IMAGE_PIXELS guard is neither
 consulted nor changed; if Pillow raises its own bomb error anyway, it becomes ImageTooLarge.
 
+Memory is bounded before anything is decoded (issue 13): probe reads what decoding will cost
+from the header (mode, JPEG sampling and scans, WebP chunks; never through a decoder that
+allocates), estimate_decode turns it into peak bytes (decode_budget, calibrated against measured
+peak RSS in tests/test_hostile_imaging.py) and check_decode_budget refuses past a limit. What is
+decoded is kept to one full-size copy where the codec allows it: modes that need a conversion
+(16-bit, palette, 1-bit, and the premultiplied alpha Pillow filters RGBA and LA in) are
+converted and box-reduced in strips, and a WebP's decoder is dropped as soon as its frame is out.
+Progressive JPEGs with more than max_scans scans are refused from their markers (TooManyScans):
+libjpeg would make a pass over the whole image for each one. imaging_subprocess runs all of this
+in a child process with an address-space cap and a deadline.
+
 Thread-safe: no global state changes, nothing shared between calls, so the worker runs it in a
 thread pool (Pillow releases the GIL while decoding, resizing and encoding).
 """
@@ -101,6 +112,7 @@ REDUCING_GAP = decode_budget.REDUCING_GAP
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
 # The end of a scan's entropy-coded data: 0xFF followed by anything but a stuffed zero, a
 # restart marker or another 0xFF (fill bytes).
 _ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
@@ -367,7 +379,7 @@ def _probe(source: Path | bytes, max_pixels: int, max_scans: int) -> ImageInfo:
             mode=image.mode,
             transparency="transparency" in image.info,
             orientation=_orientation(image) if fmt == "JPEG" else 1,
-            frames=getattr(image, "n_frames", 1) if fmt in ("PNG", "WEBP") else 1,
+            frames=getattr(image, "n_frames", 1) if fmt == "PNG" else 1,  # APNG: from acTL
             file_bytes=len(source) if isinstance(source, bytes) else source.stat().st_size,
         )
     if fmt not in ("JPEG", "GIF"):
@@ -412,7 +424,7 @@ def _jpeg_layout(info: ImageInfo, data: bytes | mmap.mmap, max_scans: int) -> Im
             continue
         if marker == 0xD9:  # EOI: an MPO's second picture or appended data lie beyond
             break
-        if marker in (0x01, *range(0xD0, 0xD9)):  # TEM, RSTn, SOI: no length
+        if marker in STANDALONE_MARKERS:
             position += 2
             continue
         length = int.from_bytes(data[position + 2 : position + 4], "big")
