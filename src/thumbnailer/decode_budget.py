@@ -102,6 +102,26 @@ def eight_bit_mode(mode: str, transparency: bool) -> str:
     return "RGB"
 
 
+def full_copies(mode: str, transparency: bool) -> int:
+    """Full-size copies converting `mode` for the first resize would make, done whole: the
+    steps of imaging._to_8bit, plus the premultiplied copy Pillow filters RGBA and LA in."""
+    if mode in ("L", "RGB", "CMYK"):
+        return 0
+    if mode.startswith("I"):
+        return 3  # I, I after point, L
+    if mode in ("P", "PA", "RGBa", "La"):
+        return 2 if eight_bit_mode(mode, transparency) == "RGBA" else 1
+    return 1  # RGBA, LA (premultiply); 1 (L); RGBX and the rest (RGB)
+
+
+def uses_strips(mode: str, transparency: bool, factor: tuple[int, int]) -> bool:
+    """Whether imaging converts in strips: when that saves a full-size copy. With a box
+    reduction every converted copy shrinks to the reduced size; without one, the strips still
+    build one full-size converted image, which saves something only if there were two."""
+    copies = full_copies(mode, transparency)
+    return copies >= 2 or (copies == 1 and factor != (1, 1))
+
+
 def coefficient_bytes(width: int, height: int, sampling: tuple[tuple[int, int], ...]) -> int:
     """libjpeg's whole-image coefficient arrays (jdcoefct.c): blocks rounded up to the MCU."""
     if not sampling:
@@ -158,26 +178,28 @@ def estimate(
 
     target_mode = eight_bit_mode(source_mode, layout.transparency)
     work_bytes = 1 if target_mode == "L" else 4
-    converts = source_mode not in ("L", "RGB", "CMYK")  # imaging converts these in strips
+    copies = full_copies(source_mode, layout.transparency)
     resize = 0
     if decoded_size != target:
-        factor_x = int(decoded_size[0] / target[0] / REDUCING_GAP) or 1
-        factor_y = int(decoded_size[1] / target[1] / REDUCING_GAP) or 1
-        reduced_height = -(-decoded_size[1] // factor_y)
-        reduced = -(-decoded_size[0] // factor_x) * reduced_height * work_bytes
-        if converts:
-            strip_rows = max(factor_y, STRIP_PIXELS // decoded_size[0] // factor_y * factor_y)
-            strip = decoded_size[0] * strip_rows * STRIP_BYTES_A_PIXEL
-            parts["strips"] = strip
-            resize += strip
-        if converts or (factor_x, factor_y) != (1, 1):
+        factor = (
+            int(decoded_size[0] / target[0] / REDUCING_GAP) or 1,
+            int(decoded_size[1] / target[1] / REDUCING_GAP) or 1,
+        )
+        reduced_height = -(-decoded_size[1] // factor[1])
+        reduced = -(-decoded_size[0] // factor[0]) * reduced_height * work_bytes
+        if uses_strips(source_mode, layout.transparency, factor):
+            strip_rows = max(factor[1], STRIP_PIXELS // decoded_size[0] // factor[1] * factor[1])
+            parts["strips"] = decoded_size[0] * strip_rows * STRIP_BYTES_A_PIXEL
             parts["reduced"] = reduced
-            resize += reduced
-        horizontal = target[0] * reduced_height * work_bytes
-        parts["resample"] = horizontal
-        resize += horizontal
-    elif converts:
-        parts["converted"] = decoded_size[0] * decoded_size[1] * work_bytes
+        else:
+            if copies:  # one whole conversion (or Pillow's premultiplied copy), then Pillow's
+                parts["converted"] = decoded_size[0] * decoded_size[1] * work_bytes
+            if factor != (1, 1):
+                parts["reduced"] = reduced
+        parts["resample"] = target[0] * reduced_height * work_bytes
+        resize = sum(parts.get(key, 0) for key in ("strips", "reduced", "converted", "resample"))
+    elif copies:
+        parts["converted"] = decoded_size[0] * decoded_size[1] * work_bytes * min(copies, 2)
         resize += parts["converted"]
     thumbnail = target[0] * target[1]
     parts["thumbnail"] = thumbnail * 4 * 3  # resized, converted back or oriented, sRGB
