@@ -246,7 +246,14 @@ def test_non_images_are_unsupported(data: bytes, tmp_path: Path) -> None:
 def test_mpo_from_a_phone_reads_as_its_first_jpeg(tmp_path: Path) -> None:
     path = tmp_path / "phone.jpg"
     path.write_bytes(mpo())
-    assert imaging.probe(path, LIMIT) == imaging.ImageInfo("JPEG", "image/jpeg", 300, 200)
+    info = imaging.probe(path, LIMIT)
+    assert (info.format, info.media_type, info.width, info.height) == (
+        "JPEG",
+        "image/jpeg",
+        300,
+        200,
+    )
+    assert info.scans == 1  # the markers are read up to the first picture's EOI only
     red, green, _ = opened(thumbs(path.read_bytes())[0]).getpixel((5, 5))  # type: ignore[misc]
     assert red > 200
     assert green < 40
@@ -339,7 +346,14 @@ def test_pillow_bomb_error_becomes_image_too_large() -> None:
 def test_probe_reads_format_and_size(tmp_path: Path) -> None:
     path = tmp_path / "x"
     path.write_bytes(encode(Image.new("RGB", (640, 480)), "WEBP"))
-    assert imaging.probe(path, LIMIT) == imaging.ImageInfo("WEBP", "image/webp", 640, 480)
+    info = imaging.probe(path, LIMIT)
+    assert (info.format, info.media_type, info.width, info.height) == (
+        "WEBP",
+        "image/webp",
+        640,
+        480,
+    )
+    assert (info.mode, info.frames) == ("RGB", 1)
 
 
 @pytest.mark.parametrize("boxes", [[], [(0, 100)]])
@@ -398,3 +412,34 @@ def test_property_thumbnails_always_fit(
         assert abs(thumb.width - expected[0]) <= 1
         assert abs(thumb.height - expected[1]) <= 1
         assert opened(thumb).size == (thumb.width, thumb.height)
+
+
+def _noisy(mode: str, size: tuple[int, int]) -> Image.Image:
+    grey = Image.effect_noise(size, 80)
+    if mode == "I;16":
+        return grey.convert("I").point(lambda v: v * 250).convert("I;16")
+    if mode == "P":
+        image = Image.merge("RGB", (grey, grey.rotate(180), grey)).quantize(64)
+        image.info["transparency"] = 3
+        return image
+    if mode in ("RGBA", "LA", "PA"):
+        image = Image.merge("RGBA", (grey, grey.rotate(180), grey, Image.effect_noise(size, 120)))
+        return image.convert(mode)
+    return grey.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "P", "RGBA", "LA", "PA", "1"])
+@pytest.mark.parametrize(
+    ("size", "target"),
+    [((1501, 1003), (300, 200)), ((2503, 497), (600, 119)), ((650, 625), (600, 577))],
+)
+def test_strip_conversion_gives_the_bytes_a_whole_image_conversion_gives(
+    mode: str, size: tuple[int, int], target: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Converting and box-reducing in strips saves memory, never changes a pixel."""
+    monkeypatch.setattr(imaging, "STRIP_PIXELS", 100_000)  # many strips, a short last one
+    image = _noisy(mode, size)
+    whole = imaging._resize(imaging._to_8bit(image), target, first=True)
+    strips = imaging._first_resize(image, target)
+    assert strips.mode == whole.mode
+    assert strips.tobytes() == whole.tobytes()
