@@ -75,6 +75,18 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest width*height accepted, checked from the header before decoding.",
     )
+    max_decode_memory: int = Field(
+        320 * 1024 * 1024,
+        ge=1,
+        description="Most memory one image may need to decode, estimated from its header: "
+        "over it the upload gets 413, and a job's decoder is capped at it.",
+    )
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Most scans a progressive JPEG may have (encoders write about 10; "
+        "thousands are a CPU trap).",
+    )
     thumbnail_sizes: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [100, 300, 1200],
         description="Square boxes the thumbnails must fit in, comma-separated.",
@@ -105,6 +117,17 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(
         2, ge=1, description="Images processed at once per worker (threads and prefetch)."
+    )
+    worker_memory_budget: int = Field(
+        640 * 1024 * 1024,
+        ge=1,
+        description="Decode memory a worker's jobs may use together; a job waits for room.",
+    )
+    job_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds one image may take to process; a job over it ends ERROR and its "
+        "decoder process is replaced.",
     )
     worker_http_port: int = Field(
         8001, description="Port of the worker's probes and metrics; 0 disables it."

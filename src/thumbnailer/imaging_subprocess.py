@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from thumbnailer import imaging
+from thumbnailer.formats import EXTENSIONS, MEDIA_TYPES
 
 _HEADER = 4  # bytes of the big-endian length in front of each JSON header
 _MAX_HEADER = 1 << 20
@@ -60,6 +61,11 @@ ERRORS: dict[str, type[imaging.ImagingError]] = {
         imaging.DecodeTooLarge,
     )
 }
+
+
+READY = b"R"
+# A loaded machine can take seconds to start an interpreter and import Pillow.
+START_TIMEOUT = 60.0
 
 
 class JobTimeout(imaging.ImagingError):
@@ -145,6 +151,7 @@ class DecodeRunner:
 
     def _start(self) -> _Child:
         child = _Child(self.memory_limit)
+        child.wait_ready(START_TIMEOUT)
         with self._lock:
             self._children.append(child)
         return child
@@ -177,6 +184,15 @@ class _Child:
         assert self.process.stdout is not None
         self.stdin: IO[bytes] = self.process.stdin
         self.stdout: IO[bytes] = self.process.stdout
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the child's hello: start-up (imports, the rlimit) is not the job's time."""
+        try:
+            if self._read(1, time.monotonic() + timeout) != READY:
+                raise ValueError("the decode child sent no hello")
+        except (TimeoutError, OSError, EOFError, ValueError) as exc:
+            self.stop()
+            raise DecoderCrashed(f"the decode process did not start: {exc!r}") from None
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -261,7 +277,7 @@ def _answer(
         if size < 0 or offset + size > len(data):
             raise RuntimeError("the decode child sent a malformed answer")
         fmt = str(item["format"])
-        if fmt not in imaging.MEDIA_TYPES:
+        if fmt not in MEDIA_TYPES:
             raise RuntimeError(f"the decode child sent an unknown format {fmt!r}")
         thumbs.append(
             imaging.Thumbnail(
@@ -270,8 +286,8 @@ def _answer(
                 height=int(item["height"]),
                 data=data[offset : offset + size],
                 format=fmt,
-                media_type=imaging.MEDIA_TYPES[fmt],
-                extension="webp" if fmt == "WEBP" else "jpg",
+                media_type=MEDIA_TYPES[fmt],
+                extension=EXTENSIONS[fmt],
             )
         )
         offset += size
@@ -311,6 +327,8 @@ def _serve(memory_limit: int) -> None:
     # The cap is on top of what the idle child already maps (interpreter, Pillow, codecs).
     cap = _vm_kb("VmSize") * 1024 + memory_limit
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    stdout.write(READY)
+    stdout.flush()
     while True:
         try:
             request = json.loads(_read_exactly(stdin, _read_length(_read_exactly(stdin, _HEADER))))

@@ -22,6 +22,7 @@ import anyio.to_thread
 
 from thumbnailer import imaging, metrics
 from thumbnailer.broker import Broker, BrokerUnavailable, Job
+from thumbnailer.config import Settings
 from thumbnailer.logging import get_logger
 from thumbnailer.records import NewImage, Status
 from thumbnailer.repo import Repo, RepoUnavailable
@@ -53,13 +54,31 @@ class StorageFull(Exception):
         self.free = free
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What an accepted image may cost; checked from the header, before any decode."""
+
+    max_pixels: int
+    max_scans: int
+    max_decode_memory: int
+    boxes: tuple[tuple[int, int], ...]
+    min_free_space: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            settings.max_image_pixels,
+            settings.max_jpeg_scans,
+            settings.max_decode_memory,
+            tuple(settings.thumbnail_boxes),
+            settings.min_free_space,
+        )
+
+
 class Ingest:
-    def __init__(
-        self, repo: Repo, store: Store, broker: Broker, max_pixels: int, min_free_space: int = 0
-    ) -> None:
+    def __init__(self, repo: Repo, store: Store, broker: Broker, limits: Limits) -> None:
         self.repo, self.store, self.broker = repo, store, broker
-        self.max_pixels = max_pixels
-        self.min_free_space = min_free_space
+        self.limits = limits
         self._free: tuple[float, int | None] = (0.0, None)
 
     async def check_room(self) -> None:
@@ -69,7 +88,7 @@ class Ingest:
         if now - measured_at > FREE_SPACE_TTL:
             free = await self.store.free_bytes()
             self._free = (now, free)
-        if free is not None and free < self.min_free_space:
+        if free is not None and free < self.limits.min_free_space:
             raise StorageFull(free)
 
     async def __call__(self, spooled: Spooled, request_id: str | None) -> Accepted:
@@ -95,12 +114,19 @@ class Ingest:
 
     async def _probe(self, path: Path) -> imaging.ImageInfo:
         try:
-            return await anyio.to_thread.run_sync(imaging.probe, path, self.max_pixels)
+            return await anyio.to_thread.run_sync(self._judge, path)
         except imaging.ImagingError:
             raise
         except OSError as exc:
             # The file we just spooled cannot be read back: storage, not the image, is at fault.
             raise StoreError(f"could not read the upload back: {exc}") from exc
+
+    def _judge(self, path: Path) -> imaging.ImageInfo:
+        """Format, size and decode cost from the header; raises for what we do not take."""
+        limits = self.limits
+        info = imaging.probe(path, limits.max_pixels, max_scans=limits.max_scans)
+        imaging.check_decode_budget(info, limits.boxes, limits.max_decode_memory)
+        return info
 
     async def _record(self, row: NewImage) -> None:
         try:

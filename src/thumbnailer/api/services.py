@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from thumbnailer.api import errors
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
-from thumbnailer.ingest import Ingest
+from thumbnailer.ingest import Ingest, Limits
 from thumbnailer.repo import Repo, StatusNotifier
 from thumbnailer.store import Store, open_store
 
@@ -55,6 +55,6 @@ def build_services(settings: Settings) -> Services:
         store=store,
         broker=broker,
         notifier=StatusNotifier(settings.database_url),
-        ingest=Ingest(repo, store, broker, settings.max_image_pixels, settings.min_free_space),
+        ingest=Ingest(repo, store, broker, Limits.from_settings(settings)),
         uploads=UploadGate(settings.max_concurrent_uploads),
     )

@@ -6,6 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
+from thumbnailer.decode_budget import MemoryBudget
+from thumbnailer.imaging_subprocess import DecodeRunner
 from thumbnailer.logging import get_logger
 from thumbnailer.repo import Repo
 from thumbnailer.store import open_store
@@ -20,13 +22,20 @@ async def run_worker(settings: Settings) -> None:
     repo = Repo.connect(settings.database_url, settings.database_pool_size)
     broker = Broker(settings.rabbitmq_url, topology)
     pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="imaging")
-    ctx = Context(settings, repo, open_store(settings), broker, pool)
+    decoder = DecodeRunner(
+        processes=settings.worker_concurrency,
+        memory_limit=settings.max_decode_memory,
+        timeout=settings.job_timeout,
+    )
+    memory = MemoryBudget(settings.worker_memory_budget)
+    ctx = Context(settings, repo, open_store(settings), broker, pool, decoder, memory)
     worker = Worker(settings, broker, build_handlers(ctx))
     try:
         await worker.run()
     finally:
         await broker.close()
         pool.shutdown(wait=False, cancel_futures=True)
+        decoder.close()
         await repo.close()
         log.info("worker_stopped")
 

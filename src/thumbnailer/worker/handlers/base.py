@@ -9,6 +9,8 @@ from typing import Any, Literal, Protocol
 
 from thumbnailer.broker import Broker, Job
 from thumbnailer.config import Settings
+from thumbnailer.decode_budget import MemoryBudget
+from thumbnailer.imaging_subprocess import DecodeRunner
 from thumbnailer.repo import Repo
 from thumbnailer.store import Store
 
@@ -28,6 +30,8 @@ class Context:
     store: Store
     broker: Broker
     pool: Executor
+    decoder: DecodeRunner  # imaging in child processes, killable, memory-capped
+    memory: MemoryBudget  # decode memory of the jobs running at once
 
 
 class Handler(Protocol):

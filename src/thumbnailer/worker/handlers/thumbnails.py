@@ -10,10 +10,12 @@ import asyncio
 import contextvars
 import functools
 import time
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from thumbnailer import imaging, metrics
 from thumbnailer.broker import THUMBNAILS, Job, PoisonMessage
+from thumbnailer.decode_budget import OverBudget
 from thumbnailer.logging import get_logger
 from thumbnailer.records import ImageRecord, ThumbnailEntry
 from thumbnailer.store import thumbnail_key
@@ -21,6 +23,7 @@ from thumbnailer.worker.handlers.base import Context, Result
 from thumbnailer.worker.outcomes import observe_stages
 
 log = get_logger("thumbnailer.worker")
+T = TypeVar("T")
 
 
 class ThumbnailHandler:
@@ -39,7 +42,7 @@ class ThumbnailHandler:
         timings: dict[str, float] = {}
         try:
             entries = await self._make(row, timings)
-        except imaging.ImagingError as exc:
+        except (imaging.ImagingError, OverBudget) as exc:
             await self.ctx.repo.mark_error(row.id, str(exc))
             return Result("error", {"reason": str(exc)})
         finally:
@@ -54,7 +57,9 @@ class ThumbnailHandler:
         started = time.perf_counter()
         source = await self.ctx.store.read(row.original_key)
         timings["read"] = time.perf_counter() - started
-        thumbnails = await self._in_pool(source, timings)
+        need = await self._in_pool(self._estimate, source)
+        async with self.ctx.memory.reserve(need):
+            thumbnails = await self._in_pool(self._imaging, source, timings)
         started = time.perf_counter()
         entries = {
             thumb.label: ThumbnailEntry(
@@ -74,24 +79,34 @@ class ThumbnailHandler:
         timings["write"] = time.perf_counter() - started
         return entries
 
-    async def _in_pool(self, source: bytes, timings: dict[str, float]) -> list[imaging.Thumbnail]:
+    async def _in_pool(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         # run_in_executor drops context variables; carry them so pool lines keep the job's ids.
-        work = functools.partial(self._imaging, source, timings)
-        return await loop.run_in_executor(
-            self.ctx.pool, functools.partial(contextvars.copy_context().run, work)
+        call = functools.partial(contextvars.copy_context().run, work, *args)
+        return await loop.run_in_executor(self.ctx.pool, call)
+
+    def _estimate(self, source: bytes) -> int:
+        """Decode memory this image needs, from its header (raises for what probe refuses)."""
+        settings = self.ctx.settings
+        return imaging.estimate_decode_bytes(
+            source,
+            settings.thumbnail_boxes,
+            max_pixels=settings.max_image_pixels,
+            max_scans=settings.max_jpeg_scans,
         )
 
     def _imaging(self, source: bytes, timings: dict[str, float]) -> list[imaging.Thumbnail]:
-        """Runs in the pool: decode, resize, encode; no event-loop work here."""
+        """Runs in the pool, the work itself in a decoder process; no event-loop work here."""
         settings = self.ctx.settings
         metrics.POOL_BUSY.inc()
         try:
-            return imaging.make_thumbnails(
+            return self.ctx.decoder.run(
                 source,
                 settings.thumbnail_boxes,
                 max_pixels=settings.max_image_pixels,
                 jpeg_quality=settings.jpeg_quality,
+                max_scans=settings.max_jpeg_scans,
+                max_decode_bytes=settings.max_decode_memory,
                 timings=timings,
             )
         finally:
