@@ -37,8 +37,29 @@ def test_outages_are_not_bugs(exc: Exception) -> None:
 
 
 def test_spent_retries_dead_letter_and_give_up() -> None:
-    decision = decide(5, RepoUnavailable("still down"), max_retries=5)
-    assert decision == DeadLetter("gave up after 5 retries: RepoUnavailable: still down", True)
+    decision = decide(5, RepoUnavailable("connection to 10.1.2.3:5432 refused"), max_retries=5)
+    assert decision == DeadLetter(
+        "gave up after 5 retries: RepoUnavailable: connection to 10.1.2.3:5432 refused",
+        give_up=True,
+        public="processing failed 6 times (the database was unavailable); gave up",
+    )
+    assert "10.1.2.3" not in decision.for_client
+
+
+@pytest.mark.parametrize(
+    ("exc", "told"),
+    [
+        (StoreError("/data/storage/x: ENOSPC"), "storage was unavailable"),
+        (BrokerUnavailable("amqp://guest@rabbit"), "the message broker was unavailable"),
+        (OSError("read /mnt/x"), "a file or network operation failed"),
+        (KeyError("thumbnails"), "an internal error; the worker's log has the details"),
+    ],
+)
+def test_the_client_is_told_what_failed_without_internals(exc: Exception, told: str) -> None:
+    decision = decide(1, exc, max_retries=1)
+    assert isinstance(decision, DeadLetter)
+    assert decision.for_client == f"processing failed 2 times ({told}); gave up"
+    assert type(exc).__name__ not in decision.for_client
 
 
 def test_no_retries_configured_gives_up_at_once() -> None:
@@ -48,4 +69,5 @@ def test_no_retries_configured_gives_up_at_once() -> None:
 def test_poison_is_dead_lettered_at_once_without_giving_up_a_row() -> None:
     decision = decide(0, PoisonMessage("malformed job body"), max_retries=5)
     assert decision == DeadLetter("malformed job body", give_up=False)
+    assert decision.for_client == "malformed job body"
     assert not is_bug(PoisonMessage("x"))

@@ -13,8 +13,8 @@ The model adds up the buffers that are alive at the same time in our pipeline, p
   Pillow's mode (P, L, 1: 1 byte a pixel, I;16: 2, everything else 4). WebP: three full-size
   RGBA buffers at the peak: libwebp's WebPAnimDecoder holds the canvas and the previous-frame
   canvas, and hands the frame out as a bytes object; imaging drops the decoder then and maps
-  those bytes as the image, so only one stays for the resize (measured at 100 MP: 1145 MB =
-  3 x 381 MiB; through Pillow's plugin, which keeps all of them plus its own copy, 1526 MB).
+  those bytes as the image, so only one stays for the resize (bench/results/
+  imaging-decisions.md §6).
   No scaled decoding exists for PNG, GIF or WebP through Pillow 13 (libwebp has
   `use_scaling`, but `PIL._webp` exposes only the animation decoder, and lossless VP8L keeps
   a full-size ARGB buffer even when scaling).

@@ -3,18 +3,17 @@
 Doing less work is what makes this fast:
 - JPEGs decode at a reduced DCT scale (`draft`) just large enough for the biggest box, so a
   12 MP photo is decoded at 1/2 of its size and never exists at full resolution (keeping
-  >= 2x the box instead would mean a full decode here, 80 instead of 53 ms, then resizing 12 MP
-  instead of 3 MP: ~1.7x the time, to go from 42.3 to 44.8 dB PSNR against full decode +
-  LANCZOS, a difference not visible at thumbnail size);
+  >= 2x the box would cost a full decode and a 4x larger resize for a difference not visible
+  at thumbnail size: bench/results/imaging-decisions.md §1);
 - orientation and colour conversion run on the largest thumbnail, not on the decoded image;
 - smaller sizes are derived from the larger one (1200 -> 300 -> 100), never from the source.
 
 Output: opaque images become baseline JPEG. Images whose alpha channel is actually used become
 lossy WebP with a lossless alpha plane, all sizes alike. PNG keeps the alpha too, but for
-photographic content its zlib encoder is both the slowest and by far the largest choice (2.2 MB
-at 1200x800 even at compress_level 1, 88 ms) while WebP at method 2 gives 255 KB in 96 ms and
-every current browser displays it. Method 0 would halve the encode time for 24% more bytes;
-thumbnails are encoded once and served many times, so bytes win at this price.
+photographic content its zlib encoder is both the slowest and by far the largest choice, while
+WebP is a ninth of the size at the same speed and every current browser displays it; a lower
+WebP effort saves time for more bytes, and thumbnails are encoded once and served many times,
+so bytes win (bench/results/imaging-decisions.md §2).
 
 The pixel limit is ours alone: formats are recognised by their signature and opened through
 their Pillow plugin directly, so Pillow's process-wide MAX_IMAGE_PIXELS guard is neither
@@ -103,8 +102,8 @@ BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 # no limit and entropy-decodes every block of the image once per scan, so a small file with
 # thousands of near-empty scans costs minutes of CPU (the cure53 audit of libjpeg-turbo, 2019;
 # libjpeg-turbo's answer is an opt-in limit: djpeg/jpegtran `-maxscans N`, TurboJPEG
-# TJPARAM_SCANLIMIT, which its own fuzzers set to 500; nvImageCodec defaults to 256). Measured
-# here: 5000 scans of a flat 2048x2048 image take 4.1 s to decode, 0.8 ms a scan at 4 MP.
+# TJPARAM_SCANLIMIT, which its own fuzzers set to 500; nvImageCodec defaults to 256). Measured:
+# bench/results/imaging-decisions.md §4.
 DEFAULT_MAX_SCANS = 100
 STRIP_PIXELS = decode_budget.STRIP_PIXELS
 REDUCING_GAP = decode_budget.REDUCING_GAP
@@ -329,9 +328,10 @@ def _decoded_webp(source: Path | bytes) -> Iterator[Image.Image]:
     """The first frame of a WebP, decoded without Pillow's plugin keeping its decoder alive.
 
     WebPImageFile.load leaves libwebp's two canvases and a bytes copy of the frame alive next to
-    its image until the file is closed: 16 bytes a pixel through the whole resize (1526 MB at
-    100 MP). Here the decoder goes as soon as the frame is out, and the frame's bytes become the
-    image without a copy (frombuffer maps RGBA/RGBX): 12 bytes a pixel at the peak, 4 after.
+    its image until the file is closed: 16 bytes a pixel through the whole resize. Here the
+    decoder goes as soon as the frame is out, and the frame's bytes become the image without a
+    copy (frombuffer maps RGBA/RGBX): 12 bytes a pixel at the peak, 4 after
+    (bench/results/imaging-decisions.md §6).
     """
     data = source if isinstance(source, bytes) else source.read_bytes()
     try:
@@ -442,8 +442,8 @@ def _jpeg_layout(info: ImageInfo, data: bytes | mmap.mmap, max_scans: int) -> Im
             scans += 1
             if sof not in PROGRESSIVE_SOF:
                 # Sequential JPEGs decode scan by scan in one pass: the scan-count trap is
-                # progressive only, and skipping the entropy data of a 10 MB photo saves 15 ms
-                # of the upload path.
+                # progressive only, and not walking a photo's entropy data keeps the upload
+                # path short (bench/results/imaging-decisions.md §5).
                 break
             if scans > max_scans:
                 raise TooManyScans(
@@ -615,9 +615,9 @@ def _first_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     and RGBa before filtering) are converted and box-reduced in strips of ~STRIP_PIXELS whose
     height is a multiple of the reduction factor, so the result is the one Pillow's resize
     gives (the same reduce blocks, the same filter and box), while memory holds the decoded
-    image, one strip and the reduced image instead of two or three full-size copies (measured
-    on 100 MP: RGBA 804 -> 424 MB, 16-bit grey 954 -> 207 MB, palette 900 -> 138 MB). Used only
-    where it saves a full-size copy (decode_budget.uses_strips): otherwise it costs ~17% time.
+    image, one strip and the reduced image instead of two or three full-size copies. Used only
+    where it saves a full-size copy (decode_budget.uses_strips): otherwise it costs time
+    (bench/results/imaging-decisions.md §8).
     """
     transparency = "transparency" in image.info
     target = decode_budget.eight_bit_mode(image.mode, transparency)
@@ -663,11 +663,11 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 def _resize(image: Image.Image, size: tuple[int, int], first: bool = False) -> Image.Image:
     if image.size == size:
         return image
-    # The first step shrinks the most pixels; HAMMING (support 1) costs 40% of LANCZOS there and
-    # looks the same after draft's DCT scaling. reducing_gap=2.0: an integer box reduction
-    # first, but only while 2x of the scale is left for the filter. A plain box reduction
-    # (gap 1.0, libvips' shrink) is 2.5x faster on a 4 MP RGBA source but measured 37.6 vs
-    # 40.3 dB PSNR against a full LANCZOS and 10-17% larger WebP files from the aliased grain.
+    # The first step shrinks the most pixels; HAMMING (support 1) is much cheaper than LANCZOS
+    # there and looks the same after draft's DCT scaling. reducing_gap=2.0: an integer box
+    # reduction first, but only while 2x of the scale is left for the filter; a plain box
+    # reduction is faster but visibly aliased and makes larger WebP files
+    # (bench/results/imaging-decisions.md §3).
     resample = RESAMPLE_FIRST if first else RESAMPLE
     return image.resize(size, resample, reducing_gap=2.0)
 

@@ -199,7 +199,7 @@ class Worker:
     ) -> None:
         if decision.give_up and job is not None and handler is not None:
             with contextlib.suppress(*policy.TRANSIENT):
-                await handler.give_up(job, decision.reason)
+                await handler.give_up(job, decision.for_client)
         outcomes.record(
             "dead_lettered",
             reason=decision.reason,

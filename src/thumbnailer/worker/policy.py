@@ -34,8 +34,13 @@ class Retry:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    reason: str
+    reason: str  # for the log: the full cause
     give_up: bool  # True: the handler records the failure (e.g. the row ends ERROR)
+    public: str = ""  # for the client: what went wrong, without internals
+
+    @property
+    def for_client(self) -> str:
+        return self.public or self.reason
 
 
 Decision = Ack | Retry | DeadLetter
@@ -54,7 +59,24 @@ def decide(attempt: int, exc: BaseException | None, max_retries: int) -> Decisio
     reason = f"{type(exc).__name__}: {exc}"
     if attempt < max_retries:
         return Retry(attempt + 1, reason)
-    return DeadLetter(f"gave up after {attempt} retries: {reason}", give_up=True)
+    return DeadLetter(
+        f"gave up after {attempt} retries: {reason}",
+        give_up=True,
+        public=f"processing failed {attempt + 1} times ({what_failed(exc)}); gave up",
+    )
+
+
+def what_failed(exc: BaseException) -> str:
+    """A cause a person can act on: no class names, SQL, hosts or addresses."""
+    if isinstance(exc, RepoUnavailable):
+        return "the database was unavailable"
+    if isinstance(exc, StoreError):
+        return "storage was unavailable"
+    if isinstance(exc, BrokerUnavailable):
+        return "the message broker was unavailable"
+    if isinstance(exc, OSError):
+        return "a file or network operation failed"
+    return "an internal error; the worker's log has the details"
 
 
 def interrupted_too_often(delivery: int, max_deliveries: int) -> DeadLetter | None:
