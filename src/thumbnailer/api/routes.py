@@ -204,16 +204,18 @@ async def get_image(
         Query(ge=0, le=300, description="Long-poll: seconds to wait for a change (capped)"),
     ] = 0,
 ) -> Any:
-    row = await _load(state, image_id)
-    known = request.headers.get("if-none-match")
-    deadline = time.monotonic() + min(wait, state.settings.max_poll_wait)
-    first = row
-    while row.status not in TERMINAL and not _changed(first, row, known, request):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        await state.notifier.wait(str(image_id), remaining)
+    # Subscribe before the first read: a change committed after it still wakes the wait.
+    with state.notifier.watch(str(image_id)) as watch:
         row = await _load(state, image_id)
+        known = request.headers.get("if-none-match")
+        deadline = time.monotonic() + min(wait, state.settings.max_poll_wait)
+        first = row
+        while row.status not in TERMINAL and not _changed(first, row, known, request):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await watch.wait(remaining)
+            row = await _load(state, image_id)
     headers = _poll_headers(row, request)
     if known is not None and known == headers["ETag"]:
         return Response(status_code=304, headers=headers)
