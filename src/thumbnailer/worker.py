@@ -152,6 +152,7 @@ class Worker:
         try:
             job = Job.from_message(message)
             structlog.contextvars.bind_contextvars(image_id=str(job.image_id))
+            log.info("job_started", attempt=job.attempt, redelivered=message.redelivered)
             await self.process(job)
         except PoisonMessage as exc:
             log.error(
