@@ -215,7 +215,8 @@ async def test_list_is_newest_first_with_cursor_and_filter(
     errors = (await client.get("/images", params={"status": "ERROR", "limit": "100"})).json()
     assert ids[1] in [item["id"] for item in errors["items"]]
     assert all(item["status"] == "ERROR" for item in errors["items"])
-    assert (await client.get("/images", params={"cursor": "garbage!"})).status_code == 422
+    bad_cursor = await client.get("/images", params={"cursor": "garbage!"})
+    assert (bad_cursor.status_code, bad_cursor.json()["code"]) == (422, "invalid_cursor")
     assert (await client.get("/images", params={"status": "NOPE"})).status_code == 422
     assert (await client.get("/images", params={"limit": "1000"})).status_code == 422
 
