@@ -117,6 +117,7 @@ def run(fault_database_url: str, tmp_path: Path, request: pytest.FixtureRequest)
             max_retries=8,
             shutdown_grace_period=10.0,
         )
+        asyncio.run(_truncate(fault_database_url))  # a scenario's rows are only its own
         artifacts = ARTIFACTS / request.node.name
         shutil.rmtree(artifacts, ignore_errors=True)  # logs are appended to; count this run's
         services = Services(settings, artifacts)
@@ -128,6 +129,14 @@ def run(fault_database_url: str, tmp_path: Path, request: pytest.FixtureRequest)
             yield Run(services, broker, database, fault_database_url)
         finally:
             services.stop()
+
+
+async def _truncate(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("TRUNCATE images")
+    finally:
+        await conn.close()
 
 
 def upload_burst(run: Run, count: int, during: Callable[[int], None] | None = None) -> None:
