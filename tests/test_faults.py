@@ -327,6 +327,17 @@ def measure(
         "lost": len(lost),
         "duplicated": sum(n - 1 for n in processed.values() if n > 1),
         "redelivered": count_events(run, "job_already_finished"),
+        "broker_redeliveries": sum(
+            1
+            for path in worker_logs(run)
+            for line in log_lines(path)
+            if line["event"] == "job_started" and line.get("redelivered") is True
+        ),
+        "relay_republished": sum(
+            int(str(line["count"]))
+            for line in log_lines(run.services.api.log_path)
+            if line["event"] == "relay_republished"
+        ),
         "retried": count_events(run, "job_retry_scheduled"),
         "dead_letters": len(dead),
     }

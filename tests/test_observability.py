@@ -200,6 +200,7 @@ def proxied_services(
             yield running, proxy
         finally:
             running.stop()
+        running.assert_workers_clean(retries_allowed=True)  # a fault scenario: the link is cut
 
 
 def wait_for_status(url: str, expected: int, timeout: float = 30) -> None:
@@ -243,6 +244,7 @@ def two_process_api(
     running.start()
     yield running
     running.stop()
+    running.assert_workers_clean()
 
 
 def served_by(services: Services, path: str) -> Counter[int]:
