@@ -353,7 +353,7 @@ def record(
         "accepted": len(run.accepted),
         "accepted_as_new": run.accepted_as_new,
         "refused": len(run.refusals),
-        "refusals": sorted({str(r) for r in run.refusals}),
+        "refusals": sorted({f"{status} {code}" for status, code in run.refusals}),
         "faults": run.faults,
         "recovery_seconds": round(recovery, 1),
         **measured,
