@@ -119,7 +119,7 @@ def run(fault_database_url: str, tmp_path: Path, request: pytest.FixtureRequest)
         )
         asyncio.run(_truncate(fault_database_url))  # a scenario's rows are only its own
         artifacts = ARTIFACTS / request.node.name
-        shutil.rmtree(artifacts, ignore_errors=True)  # logs are appended to; count this run's
+        shutil.rmtree(artifacts, ignore_errors=True)  # no worker log of an earlier run
         services = Services(settings, artifacts)
         services.start()
         try:
@@ -228,6 +228,33 @@ def wait_settled(run: Run, timeout: float = 180) -> float:
     raise AssertionError(f"{len(stuck)} uploads never finished: {list(stuck.items())[:5]}")
 
 
+async def _queued(settings: Settings) -> int:
+    """Messages ready in the work queue and its retry queues."""
+    topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
+    names = [topology.queue] + [topology.retry_queue(n) for n in range(1, topology.max_retries + 1)]
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    async with connection:
+        channel = await connection.channel()
+        total = 0
+        for name in names:
+            queue = await channel.declare_queue(name, passive=True)
+            total += queue.declaration_result.message_count or 0
+    return total
+
+
+def wait_drained(run: Run, timeout: float = 120) -> None:
+    """Every row may be final while copies of jobs (redeliveries, relay republishes) are still
+    queued: count duplicates only once the queues are empty and the worker is idle."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 3:
+        assert time.monotonic() < deadline, "queues never drained"
+        text = httpx.get(f"{run.services.worker_url}/metrics", timeout=5).text
+        idle = "\nthumbnailer_jobs_in_flight 0.0" in text
+        quiet = quiet + 1 if idle and asyncio.run(_queued(run.settings)) == 0 else 0
+        time.sleep(0.3)
+
+
 async def _dead_letters(settings: Settings) -> list[bytes]:
     topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
     connection = await aio_pika.connect(RABBITMQ_URL)
@@ -295,6 +322,7 @@ def measure(
     run: Run, errors: frozenset[str] = frozenset(), poison: bytes | None = None
 ) -> dict[str, object]:
     """Lost, duplicated and redelivered jobs, counted from rows, files and worker logs."""
+    wait_drained(run)
     final = statuses(run)
     storage = run.settings.storage_path
     assert len(set(run.accepted)) == len(run.accepted), "one id handed out twice"
