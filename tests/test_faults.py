@@ -39,7 +39,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Services, _drop_database, database_url_for, make_settings
-from tests.support import ARTIFACTS, RABBITMQ_URL, ROOT, jpeg_bytes
+from tests.support import ARTIFACTS, RABBITMQ_URL, ROOT, jpeg_bytes, wait_until_ready
 from tests.tcp_proxy import TcpProxy
 from thumbnailer.broker import Topology
 from thumbnailer.cli import migrate
@@ -123,6 +123,7 @@ def run(fault_database_url: str, tmp_path: Path, request: pytest.FixtureRequest)
         services = Services(settings, artifacts)
         services.start()
         try:
+            wait_until_ready(f"{services.worker_url}/readyz")  # its links are open now
             # Every link of both processes goes through the proxies, or the faults are fake.
             assert broker.connections >= 2, f"AMQP links through the proxy: {broker.connections}"
             assert database.connections >= 2, f"SQL links through the proxy: {database.connections}"
