@@ -28,7 +28,11 @@ def proof(entry: dict[str, object]) -> str:
     if name == "broker_cut_twice":
         return f"links cut {entry['links_cut']}; {entry['accepted_as_new']} uploads kept NEW"
     if name == "worker_sigkill_x3":
-        return f"jobs in flight at each kill: {entry['in_flight_at_kill']}"
+        finished = entry.get("finished_by_a_killed_worker", 0)
+        return (
+            f"jobs in flight at each kill: {entry['in_flight_at_kill']};"
+            f" {finished} finished by a killed worker before its job_done line"
+        )
     if name == "database_cut_5s":
         return f"{entry['links_cut'][0]} links cut; readiness 503"  # type: ignore[index]
     if name == "worker_sigterm":

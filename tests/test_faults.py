@@ -328,8 +328,10 @@ def measure(
     storage = run.settings.storage_path
     assert len(set(run.accepted)) == len(run.accepted), "one id handed out twice"
     processed: Counter[str] = Counter()
+    cut_off: set[str] = set()  # started by a worker that died before its job's last line
     for path in worker_logs(run):
         processed += events(path, "job_done", "job_failed")
+        cut_off |= set(unfinished(path))
     lost = []
     for image_id in run.accepted:
         expected = "ERROR" if image_id in errors else "DONE"
@@ -337,7 +339,9 @@ def measure(
         thumbs_ok = files == (
             [] if image_id in errors else ["100x100.jpg", "1200x1200.jpg", "300x300.jpg"]
         )
-        if final.get(image_id) != expected or not thumbs_ok or processed[image_id] == 0:
+        # A worker killed between its commit and its `job_done` line finished the job unlogged.
+        finished = processed[image_id] > 0 or image_id in cut_off
+        if final.get(image_id) != expected or not thumbs_ok or not finished:
             lost.append((image_id, final.get(image_id), files, processed[image_id]))
     assert not lost, f"{len(lost)} accepted uploads lost: {lost[:5]}"
     # Nothing processed or stored that was not accepted; one original per accepted id.
@@ -355,6 +359,9 @@ def measure(
     return {
         "lost": len(lost),
         "duplicated": sum(n - 1 for n in processed.values() if n > 1),
+        "finished_by_a_killed_worker": sum(
+            1 for image_id in run.accepted if processed[image_id] == 0 and image_id in cut_off
+        ),
         "redelivered": count_events(run, "job_already_finished"),
         "broker_redeliveries": sum(
             1
