@@ -138,8 +138,10 @@ async def test_no_poll_outlives_its_change(listening: tuple[FastAPI, httpx.Async
     app, client = listening
     repo = app.state.services.repo
     lateness: list[float] = []
-    for round_ in range(8):
-        ids = [await upload(client) for _ in range(25)]
+    # Small rounds keep the loop and the pool uncongested, so a late answer means a lost
+    # wake-up (held until the 5 s wait ran out), not a busy machine.
+    for round_ in range(25):
+        ids = [await upload(client) for _ in range(8)]
 
         async def poll_while_it_finishes(image_id: str, delay: float) -> tuple[str, float]:
             async def finish() -> float:
@@ -153,12 +155,15 @@ async def test_no_poll_outlives_its_change(listening: tuple[FastAPI, httpx.Async
             return response.json()["status"], returned - await finisher
 
         results = await asyncio.gather(
-            *(poll_while_it_finishes(i, n * 0.0005 * (round_ + 1)) for n, i in enumerate(ids))
+            *(
+                poll_while_it_finishes(i, ((round_ * 8 + n) % 24) * 0.0005)
+                for n, i in enumerate(ids)
+            )
         )
         assert [status for status, _ in results] == ["DONE"] * len(ids)
         lateness += [late for _, late in results]
     worst = max(lateness)
-    assert worst < 0.5, f"a poll outlived its change by {worst:.2f} s"
+    assert worst < 0.75, f"a poll outlived its change by {worst:.2f} s"
 
 
 async def test_wait_times_out_with_no_change(client: httpx.AsyncClient) -> None:
