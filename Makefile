@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests migrations bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src
+	$(BIN)/mypy src tests bench
 
 format: $(STAMP)
 	$(BIN)/black src tests migrations bench

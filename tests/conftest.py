@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -146,6 +147,15 @@ class Services:
         for process in [*self.workers, self.api]:
             process.stop()
 
+    def assert_workers_clean(self, retries_allowed: bool = False) -> None:
+        """No worker crashed on a job; outside fault scenarios, none retried one either (a bug
+        that passes on retry would otherwise hide behind the retry queue)."""
+        banned = ["job_crashed"] + ([] if retries_allowed else ["job_retry_scheduled"])
+        for worker in self.workers:
+            logs = worker.logs()
+            for event in banned:
+                assert f'"event": "{event}"' not in logs, f"{worker.log_path}: {event}"
+
 
 def settings_environment(settings: Settings, api_port: int, worker_port: int) -> dict[str, str]:
     """The process environment for `settings`, derived from every field, on the given ports."""
@@ -163,3 +173,25 @@ def services(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Ser
     running.start()
     yield running
     running.stop()
+    running.assert_workers_clean()
+
+
+# Reasons a browser test may be skipped in a CI run (CI=true); any other skip fails the run.
+BROWSER_SKIPS_ALLOWED_IN_CI = ("browser tests turned off (BROWSER_TESTS=off)",)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not (report.skipped and item.get_closest_marker("browser")):
+        return
+    if os.environ.get("CI") != "true" or not isinstance(report.longrepr, tuple):
+        return
+    reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+    if reason not in BROWSER_SKIPS_ALLOWED_IN_CI:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"browser test skipped under CI=true: {reason!r}; "
+            f"allowed skips: {BROWSER_SKIPS_ALLOWED_IN_CI}"
+        )

@@ -41,6 +41,7 @@ class Case:
     content_type: str = "image/jpeg"
     fields: tuple[str, ...] = ("file",)
     note: str = field(default="", compare=False)
+    code: str = ""  # the error `code` of a refusal (docs/inputs.md lists them)
 
     @property
     def outcome(self) -> str:
@@ -56,6 +57,8 @@ def huge_png_header(width: int, height: int) -> bytes:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+UNSUPPORTED = "unsupported_image"
+TOO_MANY_PIXELS = "image_too_large"
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -166,29 +169,69 @@ def cases() -> list[Case]:
         Case("mpo_jpeg", mpo(), "done", (300, 200), note="phone JPEG with a second picture"),
         Case("truncated_jpeg", truncated("JPEG"), "error", note="header fine, data cut"),
         Case("truncated_png", truncated("PNG"), "error", filename="a.png", note="IHDR fine"),
-        Case("png_signature_then_garbage", PNG_SIGNATURE + b"garbage" * 20, 415, filename="a.png"),
-        Case("zero_bytes", b"", 415),
-        Case("text", b"just some text\n" * 20, 415, filename="a.txt", content_type="text/plain"),
-        Case("html", b"<!doctype html><script>alert(1)</script>", 415, content_type="text/html"),
-        Case("pdf", b"%PDF-1.7\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", 415),
-        Case("svg", b'<svg xmlns="http://www.w3.org/2000/svg"><script/></svg>', 415),
-        Case("decompression_bomb", decompression_bomb(), 413, filename="bomb.png"),
-        Case("header_100000x100000", huge_png_header(100_000, 100_000), 413, filename="h.png"),
+        Case(
+            "png_signature_then_garbage",
+            PNG_SIGNATURE + b"garbage" * 20,
+            415,
+            filename="a.png",
+            code=UNSUPPORTED,
+        ),
+        Case("zero_bytes", b"", 415, code=UNSUPPORTED),
+        Case(
+            "text",
+            b"just some text\n" * 20,
+            415,
+            filename="a.txt",
+            content_type="text/plain",
+            code=UNSUPPORTED,
+        ),
+        Case(
+            "html",
+            b"<!doctype html><script>alert(1)</script>",
+            415,
+            content_type="text/html",
+            code=UNSUPPORTED,
+        ),
+        Case("pdf", b"%PDF-1.7\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", 415, code=UNSUPPORTED),
+        Case(
+            "svg", b'<svg xmlns="http://www.w3.org/2000/svg"><script/></svg>', 415, code=UNSUPPORTED
+        ),
+        Case(
+            "decompression_bomb",
+            decompression_bomb(),
+            413,
+            filename="bomb.png",
+            code=TOO_MANY_PIXELS,
+        ),
+        Case(
+            "header_100000x100000",
+            huge_png_header(100_000, 100_000),
+            413,
+            filename="h.png",
+            code=TOO_MANY_PIXELS,
+        ),
         Case(
             "gif_frame_beyond_screen",
             gif_frame_beyond_screen(),
             413,
             filename="g.gif",
             content_type="image/gif",
+            code=TOO_MANY_PIXELS,
         ),
         Case("filename_traversal", jpeg, "done", (640, 480), filename="../../etc/passwd"),
         Case("filename_nul", jpeg, "done", (640, 480), filename="a\x00b.jpg"),
         Case("filename_300_chars", jpeg, "done", (640, 480), filename="x" * 300 + ".jpg"),
-        Case("filename_5000_chars", jpeg, 422, filename="x" * 5000 + ".jpg"),
+        Case(
+            "filename_5000_chars",
+            jpeg,
+            422,
+            filename="x" * 5000 + ".jpg",
+            code="malformed_multipart",
+        ),
         Case("filename_unicode", jpeg, "done", (640, 480), filename="фото-😀-写真.jpg"),
         Case("wrong_declared_type", jpeg, "done", (640, 480), "a.gif", "application/pdf"),
-        Case("no_file_field", jpeg, 422, fields=("image",)),
-        Case("two_file_fields", jpeg, 422, fields=("file", "file")),
+        Case("no_file_field", jpeg, 422, fields=("image",), code="invalid_request"),
+        Case("two_file_fields", jpeg, 422, fields=("file", "file"), code="invalid_request"),
     ]
     return out
 

@@ -70,7 +70,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
+        self._log = self.log_path.open("wb")  # this run only: tests read the logs back
         self.process = subprocess.Popen(
             [sys.executable, "-m", "thumbnailer", self.name],
             env=self.env,

@@ -18,6 +18,7 @@ from tests.support import ARTIFACTS, jpeg_bytes
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+PACKAGES = ["chromium", "chromium-driver"]
 # Without the background-networking flags Chromium keeps dialling Google on a closed network.
 FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,17 +29,28 @@ FLAGS = [
 
 def ensure_chromium() -> str | None:
     """Install Debian's chromium and chromium-driver if missing; the reason if impossible."""
+    if os.environ.get("BROWSER_TESTS") == "off":
+        return "browser tests turned off (BROWSER_TESTS=off)"
     if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists():
         return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "chromium is not installed and apt-get is unavailable (not root?)"
+    if shutil.which("apt-get") is None:
+        return "chromium is not installed and apt-get is unavailable"
+    if os.geteuid() == 0:
+        sudo: list[str] = []
+    elif (
+        shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], check=False).returncode == 0
+    ):
+        sudo = ["sudo", "-n"]
+    else:
+        return "chromium is not installed and we are neither root nor allowed sudo"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
-        capture_output=True, text=True, env=env, check=False, timeout=900,
-    )  # fmt: skip
-    if install.returncode != 0:
-        return f"apt-get install chromium failed: {install.stderr[-500:]}"
+    # A fresh machine has no package lists (or stale ones naming files the mirror dropped).
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *PACKAGES]):
+        result = subprocess.run(
+            [*sudo, *command], capture_output=True, text=True, env=env, check=False, timeout=900
+        )
+        if result.returncode != 0:
+            return f"{' '.join(command[:2])} failed: {result.stderr[-500:]}"
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -16,16 +17,17 @@ from PIL import Image
 
 from tests.conftest import Services
 from tests.corpus import Case, cases, multipart
-from tests.support import ARTIFACTS, fitted, jpeg_bytes
+from tests.support import ARTIFACTS, ROOT, fitted, jpeg_bytes
 from tests.test_e2e import wait_for_terminal
 
 pytestmark = pytest.mark.e2e
 LEAKS = ("Traceback", 'File "', "/work/", "site-packages", "sqlalchemy", "asyncpg")
 
 
-def assert_clean_error(response: httpx.Response) -> None:
+def assert_clean_error(response: httpx.Response, code: str) -> None:
     body = response.json()
     assert set(body) == {"detail", "code"}, body
+    assert body["code"] == code, body
     assert body["detail"]
     for leak in LEAKS:
         assert leak not in response.text, (leak, response.text)
@@ -53,6 +55,11 @@ def assert_thumbnails(client: httpx.Client, body: dict[str, object], case: Case)
 def test_corpus_answers_and_the_worker_survives(services: Services) -> None:
     corpus = cases()
     assert len(corpus) >= 30
+    refused = [case for case in corpus if isinstance(case.expected, int)]
+    assert all(case.code for case in refused), [c.name for c in refused if not c.code]
+    # Every code docs/inputs.md promises for an upload is one some case must get.
+    documented = set(re.findall(r"\d{3} `([a-z_]+)`", (ROOT / "docs" / "inputs.md").read_text()))
+    assert {case.code for case in refused} == documented - {"file_too_large", "not_multipart"}
     accepted: dict[str, Case] = {}
     good: list[str] = []
     answers = []
@@ -64,7 +71,7 @@ def test_corpus_answers_and_the_worker_survives(services: Services) -> None:
             if response.status_code == 202:
                 accepted[response.json()["id"]] = case
             else:
-                assert_clean_error(response)
+                assert_clean_error(response, case.code)
             answers.append({"case": case.name, "http": response.status_code})
             after = client.post("/images", files={"file": ("ok.jpg", jpeg_bytes(300, 200))})
             good.append(after.json()["id"])
@@ -77,6 +84,7 @@ def test_corpus_answers_and_the_worker_survives(services: Services) -> None:
             else:
                 assert_thumbnails(client, body, case)
             filename = body["filename"]
+            assert filename is None or isinstance(filename, str)
             assert filename is None or ("/" not in filename and "\x00" not in filename)
             assert str(body["original_url"]).rsplit("/", 1)[-1].startswith(image_id)
             next(a for a in answers if a["case"] == case.name)["final"] = body["status"]

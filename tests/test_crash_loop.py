@@ -52,7 +52,6 @@ def test_a_job_that_kills_its_worker_ends_error_after_max_deliveries(
         max_deliveries=MAX_DELIVERIES,
         # One job at a time, so a kill interrupts the killer job alone, not a neighbour.
         worker_concurrency=1,
-        log_level="DEBUG",
     )
     services = Services(settings, ARTIFACTS / request.node.name)
     services.start()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,11 +51,21 @@ def scrape(url: str) -> Samples:
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sample's value; a metric that is not exposed is an error, never a zero."""
+    key = (name, tuple(sorted(labels.items())))
+    if key not in samples:
+        raise KeyError(f"no sample {name}{labels} in the scrape")
+    return samples[key]
 
 
 def moved(after: Samples, before: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
+    """How much a sample grew; it must exist afterwards (a labelled child may appear later)."""
+    key = (name, tuple(sorted(labels.items())))
+    return value(after, name, **labels) - before.get(key, 0.0)
+
+
+def value_or_none(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
 
 
 def upload(
@@ -138,7 +149,8 @@ def test_a_burst_shows_in_both_scrapes_with_row_and_queue_gauges(services: Servi
     done = asyncio.run(count_rows(services.settings.database_url, "DONE"))
     queue = services.settings.queue_name
     poll(
-        lambda: value(scrape(services.base_url), "thumbnailer_images", status="DONE") == done,
+        lambda: value_or_none(scrape(services.base_url), "thumbnailer_images", status="DONE")
+        == done,
         f"thumbnailer_images{{status='DONE'}} == {done} rows",
     )
     api = scrape(services.base_url)
@@ -188,6 +200,7 @@ def proxied_services(
             yield running, proxy
         finally:
             running.stop()
+        running.assert_workers_clean(retries_allowed=True)  # a fault scenario: the link is cut
 
 
 def wait_for_status(url: str, expected: int, timeout: float = 30) -> None:
@@ -231,6 +244,17 @@ def two_process_api(
     running.start()
     yield running
     running.stop()
+    running.assert_workers_clean()
+
+
+def served_by(services: Services, path: str) -> Counter[int]:
+    """Requests for `path` per API process, from the access lines (each carries its pid)."""
+    lines = json_lines(services.api.logs())
+    return Counter(
+        int(str(line["pid"]))
+        for line in lines
+        if line.get("event") == "request" and line.get("path") == path
+    )
 
 
 def test_an_api_with_two_processes_reports_their_sums(two_process_api: Services) -> None:
@@ -241,14 +265,27 @@ def test_an_api_with_two_processes_reports_their_sums(two_process_api: Services)
             data = jpeg_bytes(400 + 50 * n, 300)
             assert upload(client, data).status_code == 202
             sizes.append(len(data))
-        for _ in range(30):
-            assert client.get("/livez").status_code == 200
-    # Each scrape is answered by whichever process accepts it; every one must show the sums.
-    for _ in range(6):
+    # A new connection per request, so the kernel hands them to either process; go on until
+    # both have answered some (a keep-alive client would stay on one process throughout).
+    sent = 0
+    while sent < 30 or (len(served_by(services, "/livez")) < 2 and sent < 400):
+        assert httpx.get(f"{services.base_url}/livez", timeout=10).status_code == 200
+        sent += 1
+    livez = served_by(services, "/livez")
+    assert len(livez) == 2, f"one process answered all {sent} requests: {livez}"
+    assert livez.total() == sent
+    # Each scrape is answered by whichever process accepts it; every one must show the sums,
+    # and both processes must have answered some of them.
+    scrapes = 0
+    while scrapes < 6 or (len(served_by(services, "/metrics")) < 2 and scrapes < 100):
         api = scrape(services.base_url)
-        assert value(api, "http_requests_total", handler="/livez", method="GET", status="200") == 30
+        assert (
+            value(api, "http_requests_total", handler="/livez", method="GET", status="200") == sent
+        )
         assert value(api, "thumbnailer_upload_bytes_total") == sum(sizes)
         assert not [labels for _, labels in api if "pid" in dict(labels)]
+        scrapes += 1
+    assert len(served_by(services, "/metrics")) == 2, served_by(services, "/metrics")
 
 
 def test_a_worker_whose_probe_port_is_taken_exits_and_names_the_port(settings: Settings) -> None:

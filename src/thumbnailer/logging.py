@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
+
+
+def add_pid(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """The process id: tells apart the processes of one API (`API_WORKERS` > 1) in one log."""
+    event_dict["pid"] = os.getpid()
+    return event_dict
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -15,6 +24,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_pid,
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()

@@ -3,6 +3,17 @@
 One listening connection per API process, outside the pool; a waiting request holds no
 database connection, only an asyncio.Event. If the listener is down, waits fall back to short
 sleeps so callers re-read the row.
+
+A caller subscribes *before* it reads the row and re-reads after every wake-up:
+
+    with notifier.watch(image_id) as watch:
+        row = await load()
+        while not changed(row):
+            await watch.wait(remaining)
+            row = await load()
+
+A NOTIFY that arrives between the read and the wait sets the watch's event, so the wait returns
+at once instead of sleeping through a change that already happened (a lost wake-up).
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Iterator
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -21,10 +33,27 @@ log = get_logger(__name__)
 FALLBACK_POLL = 1.0
 
 
+class Watch:
+    """One subscriber's wake-up flag: set by a NOTIFY for its id, cleared by each wait."""
+
+    def __init__(self, notifier: StatusNotifier) -> None:
+        self.notifier = notifier
+        self.event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Return at once if a change was signalled since the last wait, else at the next one,
+        after `seconds`, or after the fallback poll while the listener is down."""
+        limit = seconds if self.notifier.listening else min(seconds, self.notifier.fallback_poll)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), limit)
+        self.event.clear()
+
+
 class StatusNotifier:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, fallback_poll: float = FALLBACK_POLL) -> None:
         url = make_url(database_url)
         self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.fallback_poll = fallback_poll
         self.waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self.listening = False
 
@@ -35,8 +64,12 @@ class StatusNotifier:
                 await self._listen_until_closed()
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.debug("status_listener_down", error=str(exc))
-            self.listening = False
-            await asyncio.sleep(FALLBACK_POLL)
+            if self.listening:
+                self.listening = False
+                # Waits started while listening would sleep their whole limit: NOTIFYs sent
+                # while the link is down are gone. Wake them to re-read and fall back to polls.
+                self._wake_all()
+            await asyncio.sleep(self.fallback_poll)
 
     async def _listen_until_closed(self) -> None:
         conn = await asyncpg.connect(self.dsn, timeout=5)
@@ -58,15 +91,19 @@ class StatusNotifier:
         for event in self.waiters.get(payload, ()):
             event.set()
 
-    async def wait(self, image_id: str, seconds: float) -> None:
-        """Return when the row changes, or after `seconds` (sooner if not listening)."""
-        event = asyncio.Event()
-        self.waiters[image_id].add(event)
+    def _wake_all(self) -> None:
+        for events in self.waiters.values():
+            for event in events:
+                event.set()
+
+    @contextlib.contextmanager
+    def watch(self, image_id: str) -> Iterator[Watch]:
+        """Subscribe to changes of one row for the duration of the block (enter before reading)."""
+        watch = Watch(self)
+        self.waiters[image_id].add(watch.event)
         try:
-            limit = seconds if self.listening else min(seconds, FALLBACK_POLL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), limit)
+            yield watch
         finally:
-            self.waiters[image_id].discard(event)
+            self.waiters[image_id].discard(watch.event)
             if not self.waiters[image_id]:
                 del self.waiters[image_id]

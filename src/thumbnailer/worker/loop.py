@@ -158,7 +158,12 @@ class Worker:
             if stop := policy.interrupted_too_often(job.delivery, self.topology.max_deliveries):
                 await self._dead_letter(message, job, handler, stop)
                 return
-            log.debug("job_started", attempt=job.attempt, delivery=job.delivery)
+            log.info(
+                "job_started",
+                attempt=job.attempt,
+                delivery=job.delivery,
+                redelivered=message.redelivered,
+            )
             result = await handler.run(job)
             outcomes.record(result.outcome, **result.fields)
         except Exception as exc:

@@ -128,16 +128,18 @@ async def get_image(
         Query(ge=0, le=300, description="Long-poll: seconds to wait for a change (capped)"),
     ] = 0,
 ) -> Any:
-    row = await _load(repo, image_id)
-    known = request.headers.get("if-none-match")
-    deadline = time.monotonic() + min(wait, settings.max_poll_wait)
-    first = row
-    while not row.finished and not _changed(first, row, known, base):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        await notifier.wait(str(image_id), remaining)
+    # Subscribe before the first read: a change committed after it still wakes the wait.
+    with notifier.watch(str(image_id)) as watch:
         row = await _load(repo, image_id)
+        known = request.headers.get("if-none-match")
+        deadline = time.monotonic() + min(wait, settings.max_poll_wait)
+        first = row
+        while not row.finished and not _changed(first, row, known, base):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await watch.wait(remaining)
+            row = await _load(repo, image_id)
     headers = poll_headers(row, base)
     if known is not None and known == headers["ETag"]:
         return Response(status_code=304, headers=headers)
