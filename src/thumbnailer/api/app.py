@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.store.open()
         state.broker.start()
         relay = Relay(
             state.repo, state.broker, settings.relay_interval, settings.processing_timeout
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             await state.broker.close()
             await state.repo.close()
+            await state.store.close()
             log.info("api_stopped")
 
     app = FastAPI(

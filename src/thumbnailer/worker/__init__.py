@@ -20,7 +20,9 @@ async def run_worker(settings: Settings) -> None:
     repo = Repo.connect(settings.database_url, settings.database_pool_size)
     broker = Broker(settings.rabbitmq_url, topology)
     pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="imaging")
-    ctx = Context(settings, repo, open_store(settings), broker, pool)
+    store = open_store(settings)
+    await store.open()
+    ctx = Context(settings, repo, store, broker, pool)
     worker = Worker(settings, broker, build_handlers(ctx))
     try:
         await worker.run()
@@ -28,6 +30,7 @@ async def run_worker(settings: Settings) -> None:
         await broker.close()
         pool.shutdown(wait=False, cancel_futures=True)
         await repo.close()
+        await store.close()
         log.info("worker_stopped")
 
 
