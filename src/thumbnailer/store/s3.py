@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import obstore
-from obstore.exceptions import BaseError, NotFoundError
+from obstore.exceptions import BaseError
 from obstore.store import S3Store as ObstoreS3
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -54,6 +54,8 @@ HEALTH_PREFIX = "health-probe/"
 # How often the credentials are renewed off the request path (see `_keep_credentials_warm`).
 CREDENTIAL_REFRESH_SECONDS = 60.0
 _FAILURES: tuple[type[BaseException], ...] = (BaseError, OSError, TimeoutError)
+# obstore raises the builtin for a missing object (its NotFoundError is deprecated).
+_MISSING = FileNotFoundError
 
 AddressingStyle = Literal["auto", "path", "virtual"]
 
@@ -210,7 +212,7 @@ class S3Store:
         """(size, ETag) of the object, None when there is none."""
         try:
             meta = await obstore.head_async(self._store, key)
-        except NotFoundError:
+        except _MISSING:
             return None
         except _FAILURES as exc:
             raise StoreError(f"could not look up {key}: {brief(exc)}") from exc
@@ -219,7 +221,7 @@ class S3Store:
     async def delete(self, key: str) -> None:
         try:
             await obstore.delete_async(self._store, key)
-        except NotFoundError:
+        except _MISSING:
             pass
         except _FAILURES as exc:
             raise StoreError(f"could not delete {key}: {brief(exc)}") from exc
