@@ -75,8 +75,8 @@ async def measure(put: Op, get: Op, size: int, count: int) -> dict[str, float]:
 async def with_aiobotocore(
     endpoint: str, bucket: str, size: int, count: int, checksums: str = "when_supported"
 ) -> dict[str, float]:
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
+    from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+    from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
     config = AioConfig(
         s3={"addressing_style": "path"},
@@ -147,7 +147,7 @@ def run(quick: bool, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         httpx.put(f"{endpoint}/{bucket}").raise_for_status()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for label, size in SIZES.items():
             count = (40 if quick else 200) if size < 1024 * 1024 else (16 if quick else 60)
             for client, measure_with in CLIENTS.items():
@@ -165,7 +165,7 @@ def run(quick: bool, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
             table(headers, [[row[h] for h in headers] for row in rows]),
         ]
     )
-    ratios = {}
+    ratios: dict[str, float] = {}
     for label in SIZES:
         by = {row["client"]: row for row in rows if row["object"] == label}
         for op in ("put", "get"):

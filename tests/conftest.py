@@ -125,7 +125,9 @@ def s3_settings(
     database_url: str, tmp_path: Path, s3_server: MotoServer, s3_bucket: str
 ) -> Iterator[Settings]:
     """STORAGE_BACKEND=s3 against moto, under a prefix of this test's own."""
-    settings = make_settings(database_url, tmp_path / "storage", **s3_overrides(s3_server, s3_bucket))
+    settings = make_settings(
+        database_url, tmp_path / "storage", **s3_overrides(s3_server, s3_bucket)
+    )
     yield settings
     asyncio.run(delete_queues(settings))
 

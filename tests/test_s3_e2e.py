@@ -141,7 +141,11 @@ def thumbnail_count(server: MotoServer, settings: Settings, ids: list[str]) -> d
 
 @pytest.mark.faults
 def test_s3_link_cut_during_a_burst_loses_nothing(
-    database_url: str, tmp_path: Path, s3_server: MotoServer, s3_bucket: str, request: pytest.FixtureRequest
+    database_url: str,
+    tmp_path: Path,
+    s3_server: MotoServer,
+    s3_bucket: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     with TcpProxy("127.0.0.1", s3_server.port) as proxy:
         settings = make_settings(

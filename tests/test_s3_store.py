@@ -143,9 +143,7 @@ def test_addressing_style_and_prefix() -> None:
 
 
 def test_virtual_hosted_urls_put_the_bucket_in_the_host() -> None:
-    store = S3Store(
-        "pics", endpoint_url="https://storage.example.com", addressing_style="virtual"
-    )
+    store = S3Store("pics", endpoint_url="https://storage.example.com", addressing_style="virtual")
     url = store.url(original_key(IMAGE_ID, "JPEG"), "")
     assert url.startswith("https://pics.storage.example.com/originals/")
     assert verify_presigned(url).method_ok

@@ -132,7 +132,10 @@ async def test_url_and_file_server_serve_the_object_with_its_type(store: Store) 
         assert answer.status_code == 200
         assert answer.content == b"RIFF....WEBPVP8 "
         assert answer.headers["content-type"].startswith("image/webp")
-    assert missing.status_code in (403, 404)  # S3 answers 403 to a GET of a missing key without List
+    assert missing.status_code in (
+        403,
+        404,
+    )  # S3 answers 403 to a GET of a missing key without List
 
 
 async def test_file_server_answers_only_for_our_keys(store: Store) -> None:

@@ -174,7 +174,7 @@ class S3Store:
         try:
             await obstore.put_async(
                 self._store, key, data, attributes=self._attributes(media_type), use_multipart=False
-            )  # type: ignore[arg-type]
+            )
         except _FAILURES as exc:
             raise StoreError(f"could not write {key}: {brief(exc)}") from exc
 
@@ -193,7 +193,7 @@ class S3Store:
                 self._store,
                 key,
                 path,
-                attributes=self._attributes(media_type),  # type: ignore[arg-type]
+                attributes=self._attributes(media_type),
                 use_multipart=size > self.multipart_threshold,
                 chunk_size=self.multipart_threshold,
                 max_concurrency=4,

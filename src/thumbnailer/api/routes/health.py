@@ -66,9 +66,7 @@ async def livez() -> ProbeOut:
     responses={503: {"model": ProbeOut, "description": "Not ready"}},
     summary="Readiness: database, broker and storage reachable",
 )
-async def readyz(
-    response: Response, repo: RepoDep, broker: BrokerDep, store: StoreDep
-) -> ProbeOut:
+async def readyz(response: Response, repo: RepoDep, broker: BrokerDep, store: StoreDep) -> ProbeOut:
     ready = all((await dependencies_up(repo, broker, store)).values())
     response.status_code = 200 if ready else 503
     return ProbeOut(status="ok" if ready else "unavailable")
