@@ -104,7 +104,7 @@ def burst(base_url: str, count: int, during: dict[int, object]) -> tuple[list[st
     accepted: list[str] = []
     codes: list[int] = []
     lock = threading.Lock()
-    image = jpeg_bytes(900, 700)
+    image = jpeg_bytes(640, 480)
 
     def one(_: int) -> None:
         try:
