@@ -173,9 +173,15 @@ def test_s3_link_cut_during_a_burst_loses_nothing(
     counts = thumbnail_count(s3_server, settings, accepted)
     assert all(n == 3 for n in counts.values()), counts  # every accepted image, 0 lost
     stored = objects(s3_server, settings)
-    originals = [k for k in stored if "/originals/" in f"/{k}"]
-    assert len(originals) == len(accepted)  # refused uploads left nothing behind
-    print(f"s3 cut: {len(accepted)} accepted, {codes.count(503)} refused with 503")
+    originals = {k.rsplit("/", 1)[1].split(".")[0] for k in stored if "/originals/" in f"/{k}"}
+    assert set(accepted) <= originals
+    # A put whose answer was lost with the link may have landed: the upload was refused (503)
+    # and no row refers to the object, an orphan at most, never a lost image.
+    orphans = len(originals) - len(accepted)
+    assert orphans <= codes.count(503)
+    print(
+        f"s3 cut: {len(accepted)} accepted, {codes.count(503)} refused with 503, {orphans} orphans"
+    )
 
 
 @pytest.mark.faults
