@@ -16,6 +16,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 ## Apply migrations (creates the database if it is missing), then run API and one worker.
+## Images go to local disk (STORAGE_PATH); `STORAGE_BACKEND=s3 S3_BUCKET=... make run` uses a bucket.
 run: $(STAMP)
 	$(BIN)/thumbnailer migrate
 	$(BIN)/thumbnailer run

@@ -50,6 +50,8 @@ PARTS: dict[str, Part] = {
     "imaging": Part("Imaging", "bench.imaging", _standard),
     "pipeline": Part("Pipeline", "bench.pipeline", _pipeline),
     "upload": Part("Upload", "bench.upload", _standard),
+    "s3": Part("Object storage clients", "bench.s3_clients", _standard),
+    "storage": Part("Storage backends", "bench.storage_backends", _standard),
 }
 
 

@@ -139,6 +139,30 @@ passed=$(grep -c -E "^INFO .* passed for resource" <<<"$output" || true)
 [[ "$passed" == "$(cat "$work/core.count")" ]] \
     || fail "kubernetes-validate passed $passed resources, expected $(cat "$work/core.count")"
 
+step "kubectl kustomize k8s/overlays/s3, then kubernetes-validate --strict -k $K8S_VERSION: its core resources"
+kubectl kustomize k8s/overlays/s3 >"$work/rendered-s3.yaml"
+"$BIN/python" - "$work" <<'PY'
+import pathlib
+import sys
+
+import yaml
+
+work = pathlib.Path(sys.argv[1])
+docs = [d for d in yaml.safe_load_all((work / "rendered-s3.yaml").read_text()) if d]
+core = [d for d in docs if not d["apiVersion"].startswith("keda.sh/")]
+assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"], "the s3 overlay keeps a PVC"
+(work / "core-s3.yaml").write_text(yaml.safe_dump_all(core))
+(work / "core-s3.count").write_text(str(len(core)))
+print(f"{len(core)} core resources, no PersistentVolumeClaim")
+PY
+output=$("$BIN/kubernetes-validate" --strict -k "$K8S_VERSION" "$work/core-s3.yaml" 2>&1) \
+    || { echo "$output"; fail "kubernetes-validate (s3 overlay)"; }
+echo "$output"
+if grep -q -E "^(WARN|ERROR)" <<<"$output"; then fail "kubernetes-validate reported findings (s3 overlay)"; fi
+passed=$(grep -c -E "^INFO .* passed for resource" <<<"$output" || true)
+[[ "$passed" == "$(cat "$work/core-s3.count")" ]] \
+    || fail "kubernetes-validate passed $passed resources of the s3 overlay, expected $(cat "$work/core-s3.count")"
+
 # kubernetes-validate has no CRD schemas. The KEDA CRDs' OpenAPI schemas reach us through the PyPI
 # package cloudcoil-models-keda (pydantic models generated from KEDA's CRDs); their JSON Schema is
 # made strict the way `kubectl apply --validate=strict` treats a CRD: unknown fields are errors.

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.s3_server import CREDENTIALS, MotoServer, free_moto
 from tests.support import (
     ADMIN_DATABASE_URL,
     ARTIFACTS,
@@ -97,6 +98,49 @@ async def delete_queues(settings: Settings) -> None:
         channel = await connection.channel()
         for name in names:
             await channel.queue_delete(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """moto's S3 server, started on first use; the AWS credential chain finds test keys."""
+    saved = {name: os.environ.get(name) for name in CREDENTIALS}
+    os.environ.update(CREDENTIALS)  # read by obstore here and by the service subprocesses
+    server = free_moto()
+    yield server
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server: MotoServer, run_id: str) -> str:
+    bucket = f"thumbnailer-test-{run_id}"
+    s3_server.create_bucket(bucket)
+    return bucket
+
+
+@pytest.fixture
+def s3_settings(
+    database_url: str, tmp_path: Path, s3_server: MotoServer, s3_bucket: str
+) -> Iterator[Settings]:
+    """STORAGE_BACKEND=s3 against moto, under a prefix of this test's own."""
+    settings = make_settings(
+        database_url, tmp_path / "storage", **s3_overrides(s3_server, s3_bucket)
+    )
+    yield settings
+    asyncio.run(delete_queues(settings))
+
+
+def s3_overrides(server: MotoServer, bucket: str, endpoint: str = "") -> dict[str, object]:
+    return {
+        "storage_backend": "s3",
+        "s3_bucket": bucket,
+        "s3_endpoint_url": endpoint or server.endpoint,
+        "s3_prefix": unique_name("run") + "/",
+    }
 
 
 @pytest.fixture

@@ -21,6 +21,12 @@ class MemoryStore:
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}
 
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
     async def put(self, key: str, data: bytes, media_type: str) -> None:
         self.objects[key] = (bytes(data), media_type)
 

@@ -19,6 +19,8 @@ from thumbnailer.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {name.upper() for name in Settings.model_fields}
+# Read by the standard AWS credential chain (obstore's), not by Settings: allowed beside them.
+AWS_CHAIN = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 OUR_DOCKERFILES = ("Dockerfile.api", "Dockerfile.worker")
 OUR_IMAGES = ("thumbnailer-api", "thumbnailer-worker")
 WORKLOADS = ("Deployment", "Job")
@@ -83,8 +85,8 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
 def test_compose_sets_only_real_settings() -> None:
     assert set(our_services()) == {"migrate", "api", "worker"}
     names = compose_variables()
-    assert {"DATABASE_URL", "RABBITMQ_URL", "STORAGE_PATH", "SHUTDOWN_GRACE_PERIOD"} <= names
-    assert names <= SETTINGS, names - SETTINGS
+    assert {"DATABASE_URL", "RABBITMQ_URL", "STORAGE_BACKEND", "SHUTDOWN_GRACE_PERIOD"} <= names
+    assert names <= SETTINGS | AWS_CHAIN, names - SETTINGS - AWS_CHAIN
 
 
 def test_compose_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,22 +94,33 @@ def test_compose_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> N
         with monkeypatch.context() as patch:
             settings = settings_from(environment(service), patch)
         assert settings.database_url.startswith("postgresql+asyncpg://"), name
+        assert settings.storage_backend == "s3", name
+        assert settings.s3_bucket in minio_init_command(), name
+
+
+def minio_init_command() -> str:
+    return " ".join(compose()["services"]["minio-init"]["command"])
 
 
 def test_compose_wiring() -> None:
     services = compose()["services"]
     api, worker, migrate = services["api"], services["worker"], services["migrate"]
-    for name in ("postgres", "rabbitmq"):
+    for name in ("postgres", "rabbitmq", "minio"):
         assert "healthcheck" in services[name], name
     for service in (api, worker):
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
-        storage = environment(service)["STORAGE_PATH"]
-        assert f"storage:{storage}" in service["volumes"]
+        # Images in MinIO: the bucket exists before they start, and no shared volume.
+        condition = service["depends_on"]["minio-init"]["condition"]
+        assert condition == "service_completed_successfully"
+        assert "volumes" not in service
+        assert environment(service)["S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb --ignore-existing" in minio_init_command()
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert migrate["command"] == ["migrate"]
-    assert "storage" in compose()["volumes"]
+    assert "minio" in compose()["volumes"]
     # `--scale worker=N` needs neither a fixed name nor a host port.
     assert "container_name" not in worker
     assert "ports" not in worker
@@ -179,10 +192,11 @@ def test_dockerignore_keeps_out_the_noise_but_nothing_the_images_copy() -> None:
 
 def kustomize_documents() -> list[dict[str, Any]]:
     """The base's resources as written (kubectl-free; the rendered form is tested below)."""
-    kustomization = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())
+    base = ROOT / "k8s" / "base"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
     docs = []
     for resource in kustomization["resources"]:
-        docs += [d for d in yaml.safe_load_all((ROOT / "k8s" / resource).read_text()) if d]
+        docs += [d for d in yaml.safe_load_all((base / resource).read_text()) if d]
     return docs
 
 
@@ -387,3 +401,38 @@ def test_runtime_requirements_pin_every_transitive_dependency() -> None:
             if child.marker is None or any(child.marker.evaluate(e) for e in environments):
                 wanted.append(child)
     assert len(seen) > 30
+
+
+# --- the S3 overlay ---------------------------------------------------------------------------
+
+
+def rendered(path: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / path)], check=True, capture_output=True, text=True
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_the_s3_overlay_drops_the_shared_volume_and_sets_the_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = rendered("k8s/overlays/s3")
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    names = kubernetes_variables(docs)
+    assert {"STORAGE_BACKEND", "S3_BUCKET", "S3_REGION", "SIGNED_URL_TTL"} <= names
+    assert names <= SETTINGS, names - SETTINGS
+    for name in ("thumbnailer-api", "thumbnailer-worker"):
+        doc = find(docs, "Deployment", name)
+        spec = pod_spec(doc)
+        assert spec["serviceAccountName"] == "thumbnailer"
+        assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v], name
+        (container,) = spec["containers"]
+        assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"], name
+        with monkeypatch.context() as patch:
+            settings = workload_settings(docs, doc, patch)
+        assert settings.storage_backend == "s3"
+        assert settings.s3_bucket
+    # The default stays the base as it was: local disk on the ReadWriteMany claim.
+    base = rendered("k8s")
+    assert find(base, "PersistentVolumeClaim", "thumbnailer-storage")

@@ -4,7 +4,8 @@ must pass this suite unchanged."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -13,21 +14,42 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tests.memory_store import MemoryStore
+from tests.s3_server import MotoServer
 from tests.support import jpeg_bytes
 from thumbnailer.store import LocalStore, Store, StoreError, original_key, thumbnail_key
+from thumbnailer.store.s3 import S3Store
 
-StoreFactory = Callable[[Path], Store]
+# (scratch directory, the test's request: for fixtures a backend needs) -> a store to test
+StoreFactory = Callable[[Path, pytest.FixtureRequest], Store]
+
+
+def s3_factory(_root: Path, request: pytest.FixtureRequest) -> Store:
+    server: MotoServer = request.getfixturevalue("s3_server")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    # A small multipart threshold, so the contract's big file goes up in parts.
+    return S3Store(
+        bucket,
+        endpoint_url=server.endpoint,
+        prefix=f"contract-{uuid.uuid4().hex[:8]}",
+        multipart_threshold=5 * 1024 * 1024,
+    )
+
+
 FACTORIES: dict[str, StoreFactory] = {
-    "local": lambda root: LocalStore(root / "objects"),
-    "memory": lambda _root: MemoryStore(),
+    "local": lambda root, _request: LocalStore(root / "objects"),
+    "memory": lambda _root, _request: MemoryStore(),
+    "s3": s3_factory,
 }
 IMAGE_ID = "0123abcd-0000-4000-8000-000000000000"
 JPEG = jpeg_bytes(40, 30)
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    return FACTORIES[request.param](tmp_path)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = FACTORIES[request.param](tmp_path, request)
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
 async def test_put_then_read_gives_the_same_bytes(store: Store) -> None:
@@ -49,6 +71,17 @@ async def test_put_file_stores_and_consumes_the_file(store: Store, tmp_path: Pat
     key = original_key(IMAGE_ID, "JPEG")
     await store.put_file(key, spooled, "image/jpeg")
     assert await store.read(key) == JPEG
+    assert not spooled.exists()
+
+
+async def test_put_file_of_a_large_file_stores_every_byte(store: Store, tmp_path: Path) -> None:
+    """Over the S3 store's multipart threshold: the object goes up in parts, whole."""
+    spooled = tmp_path / "large-upload"
+    data = JPEG + bytes(range(256)) * (11 * 1024 * 4)  # ~11 MiB
+    spooled.write_bytes(data)
+    key = original_key(IMAGE_ID, "JPEG")
+    await store.put_file(key, spooled, "image/jpeg")
+    assert await store.read(key) == data
     assert not spooled.exists()
 
 
@@ -88,14 +121,30 @@ async def test_url_and_file_server_serve_the_object_with_its_type(store: Store) 
     app = Starlette(routes=[Mount("/files", app=store.file_server())])
     url = store.url(key, "http://testserver")
     assert key in url
+    # The app answers for testserver; a URL elsewhere (a bucket) is fetched over the network.
+    mounts = {"http://testserver": httpx.ASGITransport(app=app)}
+    async with httpx.AsyncClient(mounts=mounts, base_url="http://testserver") as client:
+        response = await client.get(url, follow_redirects=True)
+        # /files/{key} answers for every store, directly or through a redirect.
+        served = await client.get(f"/files/{key}", follow_redirects=True)
+        missing = await client.get(store.url(original_key(IMAGE_ID, "GIF"), "http://testserver"))
+    for answer in (response, served):
+        assert answer.status_code == 200
+        assert answer.content == b"RIFF....WEBPVP8 "
+        assert answer.headers["content-type"].startswith("image/webp")
+    assert missing.status_code in (
+        403,
+        404,
+    )  # S3 answers 403 to a GET of a missing key without List
+
+
+async def test_file_server_answers_only_for_our_keys(store: Store) -> None:
+    app = Starlette(routes=[Mount("/files", app=store.file_server())])
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        response = await client.get(url, follow_redirects=True)
-        missing = await client.get(store.url(original_key(IMAGE_ID, "GIF"), "http://testserver"))
-    assert response.status_code == 200
-    assert response.content == b"RIFF....WEBPVP8 "
-    assert response.headers["content-type"].startswith("image/webp")
-    assert missing.status_code == 404
+        for path in ("/files/secrets/x.jpg", "/files/originals/ab/x.exe", "/files/.tmp/abc"):
+            response = await client.get(path, follow_redirects=True)
+            assert response.status_code == 404, path
 
 
 async def test_local_store_refuses_keys_that_escape_its_root(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`thumbnailer api | worker | migrate | run | queues | dlq`: the entry points."""
+"""`thumbnailer api | worker | migrate | run | queues | dlq | migrate-store`: the entry points."""
 
 from __future__ import annotations
 
@@ -124,6 +124,15 @@ def serve_worker(settings: Settings) -> None:
     asyncio.run(run_worker(settings))
 
 
+def storage_line(settings: Settings) -> str:
+    if settings.storage_backend == "s3":
+        return f"thumbnailer: images in s3://{settings.s3_bucket}/{settings.s3_prefix}"
+    return (
+        f"thumbnailer: images on local disk in {settings.storage_path}; for a bucket set "
+        "STORAGE_BACKEND=s3 S3_BUCKET=... (S3_ENDPOINT_URL for MinIO/R2/GCS), see docs/deploy.md"
+    )
+
+
 def run_both(settings: Settings) -> int:
     """Development: API and one worker in the foreground; Ctrl-C stops both."""
     asyncio.run(check_rabbitmq(settings.rabbitmq_url))
@@ -131,6 +140,7 @@ def run_both(settings: Settings) -> int:
     command = [sys.executable, "-m", "thumbnailer"]
     children = [subprocess.Popen([*command, name]) for name in ("api", "worker")]  # noqa: S603
     print(f"thumbnailer: API on http://127.0.0.1:{settings.api_port}  (Ctrl-C stops)")
+    print(storage_line(settings))
 
     def forward(signum: int, _: object) -> None:
         for child in children:
@@ -148,6 +158,34 @@ def run_both(settings: Settings) -> int:
     # uvicorn re-raises the signal it stopped on; a stop we asked for is a clean exit.
     clean = {0, -signal.SIGTERM, -signal.SIGINT}
     return max((0 if child.wait() in clean else 1) for child in children)
+
+
+def migrate_store(settings: Settings, source: str, target: str) -> int:
+    """Copy STORAGE_PATH's objects into the bucket of the S3_* settings; 1 if any failed."""
+    if (source, target) != ("local", "s3"):
+        raise SystemExit("error: only --from local --to s3 is supported")
+    if not settings.s3_bucket:
+        raise SystemExit("error: set S3_BUCKET (and S3_ENDPOINT_URL etc.) to the target bucket")
+    from thumbnailer.logging import configure_logging
+    from thumbnailer.store import s3_store
+    from thumbnailer.store.migrate import copy_tree
+
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def copy() -> int:
+        target_store = s3_store(settings)
+        await target_store.open()
+        try:
+            report = await copy_tree(settings.storage_path.resolve(), target_store)
+        finally:
+            await target_store.close()
+        print(
+            f"migrate-store: {settings.storage_path} -> s3://{settings.s3_bucket}/"
+            f"{target_store.prefix}: {report.summary()}"
+        )
+        return 1 if report.failed else 0
+
+    return asyncio.run(copy())
 
 
 def queues_command(settings: Settings, args: argparse.Namespace) -> None:
@@ -200,6 +238,9 @@ def parser() -> argparse.ArgumentParser:
     dlq.add_argument("action", choices=["list", "requeue", "purge"])
     dlq.add_argument("--limit", type=int, default=100, help="list: at most this many")
     dlq.add_argument("--image-id", help="requeue: only this image's jobs")
+    move = commands.add_parser("migrate-store", help="copy stored objects to another backend")
+    move.add_argument("--from", dest="source", choices=["local"], default="local")
+    move.add_argument("--to", dest="target", choices=["s3"], default="s3")
     return root
 
 
@@ -218,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             queues_command(settings, args)
         elif args.command == "dlq":
             dlq_command(settings, args)
+        elif args.command == "migrate-store":
+            sys.exit(migrate_store(settings, args.source, args.target))
         else:
             sys.exit(run_both(settings))
     except Unreachable as exc:

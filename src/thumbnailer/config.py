@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ThumbnailBox = tuple[int, int]
@@ -38,6 +38,40 @@ class Settings(BaseSettings):
     )
     storage_path: Path = Field(
         Path("./data/storage"), description="Directory for originals and thumbnails."
+    )
+    storage_backend: Literal["local", "s3"] = Field(
+        "local",
+        description="Where originals and thumbnails live: local (STORAGE_PATH) or s3 (a bucket).",
+    )
+    s3_bucket: str = Field(
+        "", description="Bucket of the s3 backend; required when STORAGE_BACKEND=s3."
+    )
+    s3_endpoint_url: str = Field(
+        "",
+        description="S3 API endpoint; empty means AWS; set it for MinIO, R2, GCS, Ceph.",
+    )
+    s3_region: str = Field(
+        "us-east-1", description="Region requests are signed for (R2 takes auto)."
+    )
+    s3_prefix: str = Field(
+        "", description="Key prefix inside the bucket, so one bucket can hold several services."
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto",
+        description="Bucket in the host name (virtual) or the path; auto: virtual on AWS, "
+        "path on a custom endpoint.",
+    )
+    s3_public_base_url: str = Field(
+        "",
+        description="Plain URLs under this base (a CDN or public bucket) instead of presigned "
+        "ones; empty means presigned.",
+    )
+    signed_url_ttl: int = Field(
+        3600,
+        ge=60,
+        le=604800,
+        description="Seconds a handed-out signed URL stays valid, expiry rounded up to a window "
+        "so the same URL is reused for a while.",
     )
     spool_path: Path = Field(
         Path(tempfile.gettempdir()) / "thumbnailer-spool",
@@ -166,6 +200,12 @@ class Settings(BaseSettings):
     @classmethod
     def _split_csv(cls, value: object) -> object:
         return _parse_csv(value)
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> Settings:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("S3_BUCKET is required when STORAGE_BACKEND=s3")
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         if swept:
             log.info("spool_swept", files=swept)
+        await state.store.open()
         state.broker.start()
         relay = Relay(
             state.repo, state.broker, settings.relay_interval, settings.processing_timeout
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             await state.broker.close()
             await state.repo.close()
+            await state.store.close()
             log.info("api_stopped")
 
     app = FastAPI(

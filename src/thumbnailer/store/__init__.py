@@ -1,14 +1,45 @@
 """Storage of originals and thumbnails behind the `Store` protocol."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from thumbnailer.config import Settings
 from thumbnailer.store.base import Store, StoreError
 from thumbnailer.store.keys import original_key, thumbnail_key
 from thumbnailer.store.local import LocalStore
 
+if TYPE_CHECKING:  # obstore is imported only by deployments that use the bucket
+    from thumbnailer.store.s3 import S3Store
+
 
 def open_store(settings: Settings) -> Store:
-    """The store the settings name (only local disk so far)."""
+    """The store STORAGE_BACKEND names; call `await store.open()` before use, `close()` after."""
+    if settings.storage_backend == "s3":
+        return s3_store(settings)
     return LocalStore(settings.storage_path)
 
 
-__all__ = ["LocalStore", "Store", "StoreError", "open_store", "original_key", "thumbnail_key"]
+def s3_store(settings: Settings) -> S3Store:
+    from thumbnailer.store.s3 import S3Store
+
+    return S3Store(
+        settings.s3_bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        prefix=settings.s3_prefix,
+        addressing_style=settings.s3_addressing_style,
+        public_base_url=settings.s3_public_base_url,
+        signed_url_ttl=settings.signed_url_ttl,
+    )
+
+
+__all__ = [
+    "LocalStore",
+    "Store",
+    "StoreError",
+    "open_store",
+    "original_key",
+    "s3_store",
+    "thumbnail_key",
+]

@@ -13,6 +13,12 @@ class StoreError(OSError):
 
 
 class Store(Protocol):
+    async def open(self) -> None:
+        """Acquire what the store holds for the life of the process (clients, refresh tasks)."""
+
+    async def close(self) -> None:
+        """Release what `open` acquired; the store is not used afterwards."""
+
     async def put(self, key: str, data: bytes, media_type: str) -> None:
         """Write `data` under `key` atomically: readers see the old object or the whole new one."""
 

@@ -29,6 +29,12 @@ class LocalStore:
         self._scratch = self.root / ".tmp"
         self._scratch.mkdir(parents=True, exist_ok=True)
 
+    async def open(self) -> None:
+        """Nothing to acquire: every call opens its own file."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root) or path == self.root:

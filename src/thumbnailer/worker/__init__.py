@@ -28,7 +28,9 @@ async def run_worker(settings: Settings) -> None:
         timeout=settings.job_timeout,
     )
     memory = MemoryBudget(settings.worker_memory_budget)
-    ctx = Context(settings, repo, open_store(settings), broker, pool, decoder, memory)
+    store = open_store(settings)
+    await store.open()
+    ctx = Context(settings, repo, store, broker, pool, decoder, memory)
     worker = Worker(settings, broker, build_handlers(ctx))
     try:
         await worker.run()
@@ -37,6 +39,7 @@ async def run_worker(settings: Settings) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
         decoder.close()
         await repo.close()
+        await store.close()
         log.info("worker_stopped")
 
 

@@ -7,16 +7,18 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 
-from thumbnailer.api.deps import BrokerDep, RepoDep
+from thumbnailer.api.deps import BrokerDep, RepoDep, StoreDep
 from thumbnailer.api.schemas import HealthOut, ProbeOut
 from thumbnailer.broker import Broker
 from thumbnailer.repo import Repo, RepoUnavailable
+from thumbnailer.store import Store
 
 router = APIRouter()
 
 
-async def dependencies_up(repo: Repo, broker: Broker) -> dict[str, bool]:
-    return {"database": await _database_up(repo), "rabbitmq": broker.is_connected}
+async def dependencies_up(repo: Repo, broker: Broker, store: Store) -> dict[str, bool]:
+    database, storage = await asyncio.gather(_database_up(repo), _storage_up(store))
+    return {"database": database, "rabbitmq": broker.is_connected, "storage": storage}
 
 
 async def _database_up(repo: Repo) -> bool:
@@ -26,14 +28,24 @@ async def _database_up(repo: Repo) -> bool:
         return False
 
 
+async def _storage_up(store: Store) -> bool:
+    """The directory is writable, or the bucket answers (one small request)."""
+    try:
+        return await asyncio.wait_for(store.healthy(), timeout=3.0)
+    except TimeoutError:
+        return False
+
+
 @router.get(
     "/health",
     response_model=HealthOut,
     responses={503: {"model": HealthOut, "description": "A dependency is down"}},
     summary="Dependencies' health",
 )
-async def health(response: Response, repo: RepoDep, broker: BrokerDep) -> HealthOut:
-    services = await dependencies_up(repo, broker)
+async def health(
+    response: Response, repo: RepoDep, broker: BrokerDep, store: StoreDep
+) -> HealthOut:
+    services = await dependencies_up(repo, broker, store)
     healthy = all(services.values())
     response.status_code = 200 if healthy else 503
     return HealthOut(
@@ -52,9 +64,9 @@ async def livez() -> ProbeOut:
     "/readyz",
     response_model=ProbeOut,
     responses={503: {"model": ProbeOut, "description": "Not ready"}},
-    summary="Readiness: database and broker reachable",
+    summary="Readiness: database, broker and storage reachable",
 )
-async def readyz(response: Response, repo: RepoDep, broker: BrokerDep) -> ProbeOut:
-    ready = all((await dependencies_up(repo, broker)).values())
+async def readyz(response: Response, repo: RepoDep, broker: BrokerDep, store: StoreDep) -> ProbeOut:
+    ready = all((await dependencies_up(repo, broker, store)).values())
     response.status_code = 200 if ready else 503
     return ProbeOut(status="ok" if ready else "unavailable")
