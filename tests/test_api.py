@@ -18,6 +18,7 @@ from tests.conftest import Services, make_settings
 from tests.support import free_port, jpeg_bytes, png_bytes
 from thumbnailer.api.app import create_app
 from thumbnailer.config import Settings
+from thumbnailer.records import ThumbnailEntry
 
 JPEG = jpeg_bytes(640, 480)
 
@@ -56,8 +57,10 @@ async def test_thumbnails_are_null_until_done(client: httpx.AsyncClient, app: Fa
     """No worker consumes here: the row stays PROCESSING until the test finishes it."""
     image_id = (await client.post("/images", **upload(JPEG))).json()["id"]  # type: ignore[arg-type]
     entries = {
-        label: {"key": f"thumbnails/{image_id[:2]}/{image_id}/{label}.jpg"}
-        for label in ("100x100", "300x300", "1200x1200")
+        label: ThumbnailEntry(
+            f"thumbnails/{image_id[:2]}/{image_id}/{label}.jpg", side, side, "image/jpeg"
+        )
+        for label, side in (("100x100", 100), ("300x300", 300), ("1200x1200", 1200))
     }
     # Thumbnail entries present in the row while it is not DONE (as a retried job may leave
     # them) must still not be handed out.
@@ -65,7 +68,10 @@ async def test_thumbnails_are_null_until_done(client: httpx.AsyncClient, app: Fa
     async with engine.begin() as conn:
         await conn.execute(
             sqlalchemy.text("UPDATE images SET thumbnails = CAST(:t AS jsonb) WHERE id = :id"),
-            {"t": json.dumps(entries), "id": uuid.UUID(image_id)},
+            {
+                "t": json.dumps({label: e.to_json() for label, e in entries.items()}),
+                "id": uuid.UUID(image_id),
+            },
         )
     body = (await client.get(f"/images/{image_id}")).json()
     assert body["status"] == "PROCESSING"
@@ -74,7 +80,7 @@ async def test_thumbnails_are_null_until_done(client: httpx.AsyncClient, app: Fa
     body = (await client.get(f"/images/{image_id}")).json()
     assert body["status"] == "DONE"
     assert body["thumbnails"] == {
-        label: f"http://testserver/files/{entry['key']}" for label, entry in entries.items()
+        label: f"http://testserver/files/{entry.key}" for label, entry in entries.items()
     }
 
 
