@@ -17,6 +17,8 @@ from tests.support import (
     ADMIN_DATABASE_URL,
     ARTIFACTS,
     RABBITMQ_URL,
+    REDIS_KEY_PREFIX,
+    REDIS_URL,
     ServiceProcess,
     free_port,
     service_env,
@@ -38,6 +40,23 @@ def database_url_for(name: str) -> str:
 @pytest.fixture(scope="session")
 def run_id() -> str:
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_keys() -> Iterator[None]:
+    """Remove this run's rate-limit counters from the shared Redis afterwards."""
+    yield
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{REDIS_KEY_PREFIX}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +92,11 @@ def make_settings(base_database_url: str, storage: Path, **overrides: object) ->
         "relay_interval": 1.0,
         "retry_base_delay": 0.2,
         "max_poll_wait": 5.0,
+        "redis_url": REDIS_URL,
+        "redis_key_prefix": REDIS_KEY_PREFIX,
+        # Limits far above what the suite sends; the rate-limit tests set their own.
+        "rate_limit_uploads": "100000/minute",
+        "rate_limit_requests": "100000/minute",
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

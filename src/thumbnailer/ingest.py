@@ -49,8 +49,13 @@ class Ingest:
         self.repo, self.store, self.broker = repo, store, broker
         self.max_pixels = max_pixels
 
-    async def __call__(self, spooled: Spooled, request_id: str | None) -> Accepted:
-        """Raises imaging.ImagingError (not an image we take), StoreError, RepoUnavailable."""
+    async def __call__(
+        self, spooled: Spooled, request_id: str | None, owner: str | None = None
+    ) -> Accepted:
+        """Raises imaging.ImagingError (not an image we take), StoreError, RepoUnavailable.
+
+        `owner` is the uploader's subject (AUTH_MODE=jwt), None when there is no identity.
+        """
         try:
             info = await self._probe(spooled.path)
         except BaseException:
@@ -61,7 +66,7 @@ class Ingest:
         await self.store.put_file(key, spooled.path, info.media_type)
         row = NewImage(
             image_id, key, spooled.filename, info.media_type, info.width, info.height,
-            spooled.size, request_id,
+            spooled.size, request_id, owner,
         )  # fmt: skip
         await self._record(row)
         metrics.UPLOAD_BYTES.inc(spooled.size)

@@ -36,6 +36,16 @@ PUBLISH_FAILURES = Counter(
 RELAY_REPUBLISHED = Counter(
     "thumbnailer_relay_republished", "Jobs the relay published for NEW or stale rows."
 )
+RATE_LIMITED = Counter(
+    "thumbnailer_rate_limited", "Requests refused with 429, by limit.", ["limit"]
+)
+RATE_LIMIT_UNAVAILABLE = Counter(
+    "thumbnailer_rate_limit_unavailable",
+    "Requests served without a rate-limit check because Redis was unreachable (fail open).",
+)
+AUTH_FAILURES = Counter(
+    "thumbnailer_auth_failures", "Requests refused with 401, by reason.", ["reason"]
+)
 # Every API process measures the same global facts: the latest measurement wins, so a process
 # that died is outvoted by the next refresh of a live one (live* modes would need a death hook).
 IMAGES_BY_STATUS = Gauge(
@@ -77,6 +87,8 @@ for _outcome in OUTCOMES:
     JOBS.labels(_outcome)
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
+for _limit in ("uploads", "requests"):
+    RATE_LIMITED.labels(_limit)
 
 
 def render() -> tuple[bytes, str]:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thumbnailer import metrics
 from thumbnailer.api.errors import install_error_handlers
+from thumbnailer.api.proxy import ForwardedHeadersMiddleware, TrustedProxies
 from thumbnailer.api.routes import health, images, pages
 from thumbnailer.api.services import Services, build_services
 from thumbnailer.config import Settings, get_settings
@@ -28,6 +29,8 @@ from thumbnailer.relay import Relay
 log = get_logger(__name__)
 REQUEST_ID = "X-Request-ID"
 GAUGE_INTERVAL = 10.0
+EXPOSED_HEADERS = ["Location", "ETag", "Retry-After", REQUEST_ID, "RateLimit", "RateLimit-Policy"]
+EXPOSED_HEADERS += ["WWW-Authenticate"]
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -56,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             await state.broker.close()
             await state.repo.close()
+            await state.limiter.close()
+            if state.verifier is not None:
+                await state.verifier.close()
             log.info("api_stopped")
 
     app = FastAPI(
@@ -68,9 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (images, health, pages):
         app.include_router(module.router)
-    Instrumentator(should_group_status_codes=False, excluded_handlers=["/metrics"]).instrument(
-        app
-    ).expose(app, include_in_schema=False)
+    instrumentator = Instrumentator(
+        should_group_status_codes=False, excluded_handlers=["/metrics"]
+    ).instrument(app)
+    if settings.auth_mode == "none":
+        instrumentator.expose(app, include_in_schema=False)
+    # In jwt mode the API port is public: /metrics is served on METRICS_PORT (cli.serve_api).
     app.mount("/files", state.store.file_server())
     app.mount("/static", StaticFiles(packages=[("thumbnailer", "static")]), name="static")
     app.add_middleware(AccessLogMiddleware)
@@ -79,13 +88,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["*"],
-        expose_headers=["Location", "ETag", "Retry-After", REQUEST_ID],
+        expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
     app.add_middleware(
         CorrelationIdMiddleware,
         header_name=REQUEST_ID,
         validator=lambda value: bool(_REQUEST_ID_SHAPE.match(value)),
+    )
+    # Outermost: everything inside sees the client address and scheme a trusted proxy gave.
+    app.add_middleware(
+        ForwardedHeadersMiddleware, trusted=TrustedProxies(settings.forwarded_allow_ips)
     )
     return app
 

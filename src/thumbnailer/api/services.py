@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thumbnailer.api.ratelimit import RateLimiter
+from thumbnailer.auth import TokenVerifier
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest
@@ -19,6 +21,8 @@ class Services:
     broker: Broker
     notifier: StatusNotifier
     ingest: Ingest
+    limiter: RateLimiter
+    verifier: TokenVerifier | None  # None in AUTH_MODE=none: every request is the operator
 
 
 def build_services(settings: Settings) -> Services:
@@ -34,4 +38,6 @@ def build_services(settings: Settings) -> Services:
         broker=broker,
         notifier=StatusNotifier(settings.database_url),
         ingest=Ingest(repo, store, broker, settings.max_image_pixels),
+        limiter=RateLimiter(settings),
+        verifier=TokenVerifier(settings) if settings.auth_mode == "jwt" else None,
     )

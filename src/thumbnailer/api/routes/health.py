@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 
-from thumbnailer.api.deps import BrokerDep, RepoDep
+from thumbnailer.api.deps import BrokerDep, LimiterDep, RepoDep
+from thumbnailer.api.ratelimit import RateLimiter
 from thumbnailer.api.schemas import HealthOut, ProbeOut
 from thumbnailer.broker import Broker
 from thumbnailer.repo import Repo, RepoUnavailable
@@ -26,19 +27,29 @@ async def _database_up(repo: Repo) -> bool:
         return False
 
 
+async def _redis_up(limiter: RateLimiter) -> bool:
+    try:
+        return await asyncio.wait_for(limiter.healthy(), timeout=1.0)
+    except TimeoutError:
+        return False
+
+
 @router.get(
     "/health",
     response_model=HealthOut,
     responses={503: {"model": HealthOut, "description": "A dependency is down"}},
     summary="Dependencies' health",
 )
-async def health(response: Response, repo: RepoDep, broker: BrokerDep) -> HealthOut:
+async def health(
+    response: Response, repo: RepoDep, broker: BrokerDep, limiter: LimiterDep
+) -> HealthOut:
     services = await dependencies_up(repo, broker)
     healthy = all(services.values())
     response.status_code = 200 if healthy else 503
+    # Reported, never unhealthy: without Redis requests are served, only not rate limited.
     return HealthOut(
         status="healthy" if healthy else "unhealthy",
-        services=services,
+        services={**services, "redis": await _redis_up(limiter)},
         timestamp=datetime.now(UTC),
     )
 

@@ -6,27 +6,33 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from thumbnailer.api import errors
 from thumbnailer.api.deps import (
     IngestDep,
     NotifierDep,
+    PrincipalDep,
     RepoDep,
     RequestId,
     SettingsDep,
     StoreDep,
     UrlBase,
+    limit_requests,
+    limit_uploads,
 )
 from thumbnailer.api.errors import error_responses
 from thumbnailer.api.multipart import receive_file
 from thumbnailer.api.pagination import decode_cursor, encode_cursor
 from thumbnailer.api.presenters import etag, poll_headers, present
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted
+from thumbnailer.auth import Principal
 from thumbnailer.records import ImageRecord, Status
 from thumbnailer.repo import Repo
+from thumbnailer.store import Store
 
-router = APIRouter()
+# Every route here: a principal (401 in jwt mode without a valid token) and the request limit.
+router = APIRouter(dependencies=[Depends(limit_requests)])
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -48,9 +54,10 @@ UPLOAD_BODY = {
     "/images",
     status_code=202,
     response_model=UploadAccepted,
-    responses=error_responses(413, 415, 422, 503),
+    responses=error_responses(401, 413, 415, 422, 429, 503),
     openapi_extra=UPLOAD_BODY,
     summary="Upload an image (multipart field `file`)",
+    dependencies=[Depends(limit_uploads)],
 )
 async def upload_image(
     request: Request,
@@ -58,9 +65,10 @@ async def upload_image(
     settings: SettingsDep,
     ingest: IngestDep,
     request_id: RequestId,
+    principal: PrincipalDep,
 ) -> UploadAccepted:
     spooled = await receive_file(request, settings.spool_path, settings.max_file_size)
-    accepted = await ingest(spooled, request_id)
+    accepted = await ingest(spooled, request_id, principal.subject)
     response.headers["Location"] = f"/images/{accepted.id}"
     return UploadAccepted(
         id=accepted.id,
@@ -72,20 +80,21 @@ async def upload_image(
 @router.get(
     "/images",
     response_model=ImagePage,
-    responses=error_responses(422, 503),
-    summary="Recent images, newest first",
+    responses=error_responses(401, 422, 429, 503),
+    summary="Recent images, newest first (the caller's own; every image for an admin)",
 )
 async def list_images(
     settings: SettingsDep,
     repo: RepoDep,
     store: StoreDep,
     base: UrlBase,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: Annotated[Status | None, Query(description="Only rows in this status")] = None,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> ImagePage:
     after = decode_cursor(cursor) if cursor else None
-    rows = await repo.page(limit + 1, status, after)
+    rows = await repo.page(limit + 1, status, after, principal.owner_filter)
     more = len(rows) > limit
     rows = rows[:limit]
     return ImagePage(
@@ -99,9 +108,9 @@ async def list_images(
     response_model=ImageOut,
     responses={
         304: {"description": "Not modified (If-None-Match)"},
-        **error_responses(404, 422, 503),
+        **error_responses(401, 404, 422, 429, 503),
     },
-    summary="Status and URLs of one image",
+    summary="Status and URLs of one image (404 for another owner's, as for an unknown id)",
 )
 async def get_image(
     request: Request,
@@ -111,38 +120,42 @@ async def get_image(
     store: StoreDep,
     notifier: NotifierDep,
     base: UrlBase,
+    principal: PrincipalDep,
     image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
     wait: Annotated[
         float,
         Query(ge=0, le=300, description="Long-poll: seconds to wait for a change (capped)"),
     ] = 0,
 ) -> Any:
-    row = await _load(repo, image_id)
+    row = await _load(repo, image_id, principal)
     known = request.headers.get("if-none-match")
     deadline = time.monotonic() + min(wait, settings.max_poll_wait)
     first = row
-    while not row.finished and not _changed(first, row, known, base):
+    while not row.finished and not _changed(first, row, known, base, store):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         await notifier.wait(str(image_id), remaining)
-        row = await _load(repo, image_id)
-    headers = poll_headers(row, base)
+        row = await _load(repo, image_id, principal)
+    headers = poll_headers(row, base, store)
     if known is not None and known == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
     return present(row, base, settings.thumbnail_boxes, store)
 
 
-async def _load(repo: Repo, image_id: uuid.UUID) -> ImageRecord:
+async def _load(repo: Repo, image_id: uuid.UUID, principal: Principal) -> ImageRecord:
+    """The row, if the principal may see it; someone else's is exactly as unknown (404)."""
     row = await repo.get(image_id)
-    if row is None:
+    if row is None or not principal.can_see(row.owner):
         raise errors.image_not_found(image_id)
     return row
 
 
-def _changed(first: ImageRecord, current: ImageRecord, known: str | None, base: str) -> bool:
+def _changed(
+    first: ImageRecord, current: ImageRecord, known: str | None, base: str, store: Store
+) -> bool:
     """With If-None-Match, a change is a new ETag; without it, a new status."""
     if known is not None:
-        return etag(current, base) != known
+        return etag(current, base, store) != known
     return current.status != first.status
