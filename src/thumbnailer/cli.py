@@ -1,4 +1,4 @@
-"""`thumbnailer api | worker | migrate | run`: the process entry points."""
+"""`thumbnailer api | worker | migrate | run | token`: the process entry points."""
 
 from __future__ import annotations
 
@@ -150,14 +150,31 @@ def run_both(settings: Settings) -> int:
     return max((0 if child.wait() in clean else 1) for child in children)
 
 
+def print_token(settings: Settings, subject: str, scope: str | None, ttl: int) -> None:
+    from thumbnailer.auth import issue_token
+
+    try:
+        print(issue_token(settings, subject, scope, ttl))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="thumbnailer", description=__doc__)
-    parser.add_argument("command", choices=["api", "worker", "migrate", "run"])
+    parser.add_argument("command", choices=["api", "worker", "migrate", "run", "token"])
+    token = parser.add_argument_group("token", "an HS256 token signed with JWT_SECRET")
+    token.add_argument("--sub", help="the subject: who the token speaks for")
+    token.add_argument("--scope", help="space-separated scopes, e.g. images:admin")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     args = parser.parse_args(argv)
+    if args.command == "token" and not args.sub:
+        parser.error("token needs --sub")
     settings = get_settings()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        if args.command == "api":
+        if args.command == "token":
+            print_token(settings, args.sub, args.scope, args.ttl)
+        elif args.command == "api":
             serve_api(settings)
         elif args.command == "worker":
             serve_worker(settings)
