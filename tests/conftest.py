@@ -185,3 +185,19 @@ def services(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Ser
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def jwt_services(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Services]:
+    """The real processes in AUTH_MODE=jwt (HS256), /metrics on an internal port of its own."""
+    from tests.auth_support import JWT_SETTINGS, SECRET
+
+    values = {**JWT_SETTINGS, "public_base_url": "", "metrics_port": free_port()}
+    settings = make_settings(database_url, tmp_path / "storage", jwt_secret=SECRET, **values)
+    running = Services(settings, ARTIFACTS / request.node.name)
+    running.start()
+    yield running
+    running.stop()
+    asyncio.run(delete_queues(settings))

@@ -101,6 +101,10 @@ def serve_api(settings: Settings) -> None:
     import uvicorn
 
     with metrics_directory(settings):
+        if settings.auth_mode == "jwt" and settings.metrics_port:
+            from thumbnailer import metrics
+
+            metrics.serve_internal(settings.api_host, settings.metrics_port)
         uvicorn.run(
             "thumbnailer.api.app:create_app",
             factory=True,
@@ -108,7 +112,8 @@ def serve_api(settings: Settings) -> None:
             host=settings.api_host,
             port=settings.api_port,
             log_config=None,
-            proxy_headers=True,
+            # The app resolves forwarded headers itself, from FORWARDED_ALLOW_IPS only.
+            proxy_headers=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace_period),
         )
 

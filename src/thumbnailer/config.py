@@ -167,7 +167,9 @@ class Settings(BaseSettings):
         "are believed, comma-separated.",
     )
     metrics_port: int = Field(
-        9000, description="Internal port of the API's /metrics in jwt mode (off the API port)."
+        9000,
+        description="Internal port of the API's /metrics in jwt mode (off the public API "
+        "port); 0 disables it.",
     )
 
     @field_validator(

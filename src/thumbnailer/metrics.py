@@ -18,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 STAGES = ("read", "decode", "resize", "encode", "write")
@@ -89,6 +90,18 @@ for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
 for _limit in ("uploads", "requests"):
     RATE_LIMITED.labels(_limit)
+
+
+def serve_internal(host: str, port: int) -> None:
+    """/metrics on its own port, from a thread of this process (AUTH_MODE=jwt keeps it off the
+    public API port). With several uvicorn workers this is their supervisor, which serves the
+    sum from the shared directory; with one, the very process that records them."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(port, host, registry)
+    else:
+        start_http_server(port, host)
 
 
 def render() -> tuple[bytes, str]:
