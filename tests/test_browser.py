@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Services
 from tests.auth_support import hs_token
+from tests.conftest import Services
 from tests.support import ARTIFACTS, jpeg_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
