@@ -50,6 +50,7 @@ PARTS: dict[str, Part] = {
     "imaging": Part("Imaging", "bench.imaging", _standard),
     "pipeline": Part("Pipeline", "bench.pipeline", _pipeline),
     "upload": Part("Upload", "bench.upload", _standard),
+    "auth": Part("Auth", "bench.auth", _standard),
 }
 
 
