@@ -78,7 +78,9 @@ async def test_none_mode_limits_by_client_address_from_trusted_proxies_only(
 
 
 @pytest.mark.faults
-async def test_redis_cut_fails_open_and_is_counted(database_url: str, tmp_path: Path) -> None:
+async def test_redis_cut_fails_open_and_is_counted(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with TcpProxy("127.0.0.1", 6379) as proxy:
         settings = make_settings(
             database_url, tmp_path / "storage", jwt_secret=SECRET, **JWT_SETTINGS,
@@ -96,6 +98,8 @@ async def test_redis_cut_fails_open_and_is_counted(database_url: str, tmp_path: 
                 response = await client.post("/images", files=files(), headers=alice)
                 assert response.status_code == 202, response.text
             assert unavailable() - before >= 5
+            # create_app routes the logs to stdout: one line when it starts, not one per request
+            assert capsys.readouterr().out.count('"event": "rate_limit_unavailable"') == 1
             health = await client.get("/health")
             assert health.status_code == 200
             assert health.json()["status"] == "healthy"
@@ -109,4 +113,5 @@ async def test_redis_cut_fails_open_and_is_counted(database_url: str, tmp_path: 
             ]
             assert codes == [202, 202, 429]
             assert (await client.get("/health")).json()["services"]["redis"] is True
+            assert '"event": "rate_limit_restored"' in capsys.readouterr().out
         await delete_queues(settings)

@@ -90,6 +90,8 @@ for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
 for _limit in ("uploads", "requests"):
     RATE_LIMITED.labels(_limit)
+for _reason in ("missing", "invalid"):
+    AUTH_FAILURES.labels(_reason)
 
 
 def serve_internal(host: str, port: int) -> None:
