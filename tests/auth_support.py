@@ -95,13 +95,14 @@ class JwksServer:
     def __init__(self, *signers: Signer) -> None:
         self.document: dict[str, Any] = {"keys": [s.jwk for s in signers]}
         self.fetches = 0
+        self.status = 200  # set to 500 to play an issuer that is down
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 owner.fetches += 1
                 body = json.dumps(owner.document).encode()
-                self.send_response(200)
+                self.send_response(owner.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -215,6 +215,32 @@ async def test_key_rotation_and_unknown_kids_refetch_at_most_once_a_minute(
         jwks_server.publish(rsa_signer, Signer("ec-1", "EC"))
 
 
+async def test_a_down_issuer_keeps_the_cached_keys_and_is_not_hammered(
+    jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    now = [5000.0]
+    cache = JwksCache(jwks_server.url, clock=lambda: now[0])
+    try:
+        await cache.key("rsa-1")
+        fetches = jwks_server.fetches
+        jwks_server.status = 500
+        now[0] += cache.max_age + 1  # stale: refetched in passing, and that fails
+        assert (await cache.key("rsa-1")).key_id == "rsa-1"
+        assert jwks_server.fetches == fetches + 1
+        for _ in range(10):  # within the retry pause: no more fetches
+            assert (await cache.key("rsa-1")).key_id == "rsa-1"
+        assert jwks_server.fetches == fetches + 1
+        jwks_server.status = 200
+        now[0] += 6
+        await cache.key("rsa-1")
+        assert jwks_server.fetches == fetches + 2
+        await cache.key("rsa-1")  # fresh again
+        assert jwks_server.fetches == fetches + 2
+    finally:
+        jwks_server.status = 200
+        await cache.close()
+
+
 async def test_rotation_end_to_end(
     database_url: str, tmp_path: Path, jwks_server: JwksServer, rsa_signer: Signer
 ) -> None:
