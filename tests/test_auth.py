@@ -132,6 +132,18 @@ async def test_no_token_is_401_without_an_error_code(hs: httpx.AsyncClient) -> N
     assert_invalid(basic, "Bearer")
 
 
+async def test_json_is_private_to_the_token_and_openapi_says_bearer(hs: httpx.AsyncClient) -> None:
+    mine = await upload(hs, ALICE)
+    for path in ("/images", f"/images/{mine}"):
+        response = await hs.get(path, headers=ALICE)
+        assert response.headers["cache-control"] == "private, no-cache", path
+        assert "Authorization" in response.headers["vary"], path
+    schema = (await hs.get("/openapi.json")).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/images"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in schema["paths"]["/health"]["get"]
+
+
 async def test_probes_and_pages_need_no_token(hs: httpx.AsyncClient) -> None:
     for path in ("/livez", "/readyz", "/health", "/", "/dashboard"):
         assert (await hs.get(path)).status_code == 200, path

@@ -27,6 +27,7 @@ from thumbnailer.api.pagination import decode_cursor, encode_cursor
 from thumbnailer.api.presenters import etag, poll_headers, present
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted
 from thumbnailer.auth import Principal
+from thumbnailer.config import Settings
 from thumbnailer.records import ImageRecord, Status
 from thumbnailer.repo import Repo
 from thumbnailer.store import Store
@@ -84,6 +85,7 @@ async def upload_image(
     summary="Recent images, newest first (the caller's own; every image for an admin)",
 )
 async def list_images(
+    response: Response,
     settings: SettingsDep,
     repo: RepoDep,
     store: StoreDep,
@@ -93,6 +95,7 @@ async def list_images(
     status: Annotated[Status | None, Query(description="Only rows in this status")] = None,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> ImagePage:
+    response.headers.update(private_headers(settings))
     after = decode_cursor(cursor) if cursor else None
     rows = await repo.page(limit + 1, status, after, principal.owner_filter)
     more = len(rows) > limit
@@ -137,11 +140,18 @@ async def get_image(
             break
         await notifier.wait(str(image_id), remaining)
         row = await _load(repo, image_id, principal)
-    headers = poll_headers(row, base, store)
+    headers = {**poll_headers(row, base, store), **private_headers(settings)}
     if known is not None and known == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
     return present(row, base, settings.thumbnail_boxes, store)
+
+
+def private_headers(settings: Settings) -> dict[str, str]:
+    """In jwt mode the JSON depends on the token: no shared cache may keep or mix it."""
+    if settings.auth_mode != "jwt":
+        return {}
+    return {"Cache-Control": "private, no-cache", "Vary": "Authorization"}
 
 
 async def _load(repo: Repo, image_id: uuid.UUID, principal: Principal) -> ImageRecord:
