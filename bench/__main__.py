@@ -52,6 +52,7 @@ PARTS: dict[str, Part] = {
     "upload": Part("Upload", "bench.upload", _standard),
     "s3": Part("Object storage clients", "bench.s3_clients", _standard),
     "storage": Part("Storage backends", "bench.storage_backends", _standard),
+    "auth": Part("Auth", "bench.auth", _standard),
 }
 
 

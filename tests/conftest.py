@@ -19,6 +19,8 @@ from tests.support import (
     ADMIN_DATABASE_URL,
     ARTIFACTS,
     RABBITMQ_URL,
+    REDIS_KEY_PREFIX,
+    REDIS_URL,
     ServiceProcess,
     free_port,
     service_env,
@@ -40,6 +42,23 @@ def database_url_for(name: str) -> str:
 @pytest.fixture(scope="session")
 def run_id() -> str:
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_keys() -> Iterator[None]:
+    """Remove this run's rate-limit counters from the shared Redis afterwards."""
+    yield
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{REDIS_KEY_PREFIX}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +96,11 @@ def make_settings(base_database_url: str, storage: Path, **overrides: object) ->
         "relay_interval": 1.0,
         "retry_base_delay": 0.2,
         "max_poll_wait": 5.0,
+        "redis_url": REDIS_URL,
+        "redis_key_prefix": REDIS_KEY_PREFIX,
+        # Limits far above what the suite sends; the rate-limit tests set their own.
+        "rate_limit_uploads": "100000/minute",
+        "rate_limit_requests": "100000/minute",
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
@@ -218,6 +242,23 @@ def services(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Ser
     yield running
     running.stop()
     running.assert_workers_clean()
+
+
+@pytest.fixture
+def jwt_services(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Services]:
+    """The real processes in AUTH_MODE=jwt (HS256), /metrics on an internal port of its own."""
+    from tests.auth_support import JWT_SETTINGS, SECRET
+
+    values = {**JWT_SETTINGS, "public_base_url": "", "metrics_port": free_port()}
+    settings = make_settings(database_url, tmp_path / "storage", jwt_secret=SECRET, **values)
+    running = Services(settings, ARTIFACTS / request.node.name)
+    running.start()
+    yield running
+    running.stop()
+    running.assert_workers_clean()
+    asyncio.run(delete_queues(settings))
 
 
 # Reasons a browser test may be skipped in a CI run (CI=true); any other skip fails the run.

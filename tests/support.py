@@ -26,6 +26,9 @@ ADMIN_DATABASE_URL = os.environ.get(
     "TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Every Redis key of this run starts so: runs (and other engineers' suites) never share counters.
+REDIS_KEY_PREFIX = f"thumbnailer_test_{uuid.uuid4().hex[:10]}"
 
 
 def free_port() -> int:

@@ -292,7 +292,12 @@ async def test_health_and_probes_when_healthy(client: httpx.AsyncClient) -> None
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "healthy"
-    assert body["services"] == {"database": True, "rabbitmq": True, "storage": True}
+    assert body["services"] == {
+        "database": True,
+        "rabbitmq": True,
+        "storage": True,
+        "redis": True,
+    }
     assert "timestamp" in body
     assert (await client.get("/livez")).status_code == 200
     assert (await client.get("/readyz")).status_code == 200

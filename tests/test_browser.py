@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.auth_support import hs_token
 from tests.conftest import Services
 from tests.support import ARTIFACTS, jpeg_bytes
 
@@ -73,18 +74,12 @@ def chrome_driver() -> Iterator[object]:
         driver.quit()
 
 
-def test_upload_page_shows_three_thumbnails(
-    chrome_driver: object, services: Services, tmp_path: Path
-) -> None:
+def upload_and_see_thumbnails(driver: object, base_url: str, picture: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = chrome_driver
     assert isinstance(driver, WebDriver)
-    picture = tmp_path / "holiday.jpg"
-    picture.write_bytes(jpeg_bytes(2400, 1600, (40, 120, 200)))
-    driver.get(services.base_url + "/")
     driver.find_element(By.ID, "file").send_keys(str(picture))
     WebDriverWait(driver, 60).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, ".card[data-status='DONE'] img")
@@ -106,6 +101,22 @@ def test_upload_page_shows_three_thumbnails(
         for img in images
     }
     assert widths == {"100x100": 100, "300x300": 300, "1200x1200": 1200}
+
+
+def test_upload_page_shows_three_thumbnails(
+    chrome_driver: object, services: Services, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome_driver
+    assert isinstance(driver, WebDriver)
+    picture = tmp_path / "holiday.jpg"
+    picture.write_bytes(jpeg_bytes(2400, 1600, (40, 120, 200)))
+    driver.get(services.base_url + "/")
+    assert not driver.find_element(By.ID, "auth").is_displayed()  # none mode: no token asked
+    upload_and_see_thumbnails(driver, services.base_url, picture)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "browser-upload.png"
     driver.save_screenshot(str(shot))
@@ -115,3 +126,34 @@ def test_upload_page_shows_three_thumbnails(
     time.sleep(0.5)
     driver.save_screenshot(str(ARTIFACTS / "browser-dashboard.png"))
     assert "holiday.jpg" in driver.find_element(By.ID, "rows").text
+
+
+def test_jwt_mode_pages_ask_for_a_token_and_send_it(
+    chrome_driver: object, jwt_services: Services, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome_driver
+    assert isinstance(driver, WebDriver)
+    picture = tmp_path / "private.jpg"
+    picture.write_bytes(jpeg_bytes(1600, 1200, (200, 60, 90)))
+    driver.get(jwt_services.base_url + "/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    assert driver.find_element(By.ID, "auth").is_displayed()
+    driver.find_element(By.ID, "token").send_keys(hs_token("dora"))
+    driver.find_element(By.CSS_SELECTOR, "#auth button[type=submit]").click()
+    upload_and_see_thumbnails(driver, jwt_services.base_url, picture)
+    driver.save_screenshot(str(ARTIFACTS / "browser-upload-jwt.png"))
+    driver.get(jwt_services.base_url + "/dashboard")  # same tab: the token is still there
+    WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#rows tr"))
+    assert "private.jpg" in driver.find_element(By.ID, "rows").text
+    # Another subject sees none of dora's images.
+    driver.find_element(By.ID, "token").send_keys(hs_token("eve"))
+    driver.find_element(By.CSS_SELECTOR, "#auth button[type=submit]").click()
+    WebDriverWait(driver, 20).until(
+        lambda d: "private.jpg" not in d.find_element(By.ID, "rows").text
+    )
+    driver.execute_script("sessionStorage.clear()")

@@ -190,14 +190,33 @@ def test_dockerignore_keeps_out_the_noise_but_nothing_the_images_copy() -> None:
 # --- Kubernetes -------------------------------------------------------------------------------
 
 
+K8S_BASE = ROOT / "k8s" / "base"
+SECRET_EXAMPLE = "secret.example.yaml"
+
+
+def kustomization_resources() -> list[str]:
+    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
+    resources: list[str] = kustomization["resources"]
+    return resources
+
+
 def kustomize_documents() -> list[dict[str, Any]]:
-    """The base's resources as written (kubectl-free; the rendered form is tested below)."""
-    base = ROOT / "k8s" / "base"
-    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    """The base's resources as written (kubectl-free; the rendered form is tested below), plus
+    the example Secret: what runs once the real Secret, made out of band, looks like it."""
     docs = []
-    for resource in kustomization["resources"]:
-        docs += [d for d in yaml.safe_load_all((base / resource).read_text()) if d]
+    for resource in [*kustomization_resources(), SECRET_EXAMPLE]:
+        docs += [d for d in yaml.safe_load_all((K8S_BASE / resource).read_text()) if d]
     return docs
+
+
+def test_the_example_secret_is_not_deployed() -> None:
+    assert SECRET_EXAMPLE not in kustomization_resources()
+    rendered_kinds = set()
+    for resource in kustomization_resources():
+        rendered_kinds |= {
+            d["kind"] for d in yaml.safe_load_all((K8S_BASE / resource).read_text()) if d
+        }
+    assert "Secret" not in rendered_kinds
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -255,8 +274,9 @@ def test_rendered_kubernetes_sets_only_real_settings() -> None:
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
         "thumbnailer"
     }
+    assert "Secret" not in {d["kind"] for d in docs}  # made out of band, never shipped
     names = kubernetes_variables(docs)
-    assert {"DATABASE_URL", "RABBITMQ_URL", "WORKER_CONCURRENCY", "QUEUE_NAME"} <= names
+    assert {"AUTH_MODE", "WORKER_CONCURRENCY", "QUEUE_NAME"} <= names
     assert names <= SETTINGS, names - SETTINGS
 
 
@@ -279,13 +299,18 @@ def test_kubernetes_values_are_valid_settings_and_match_the_probes(
     for doc, port_of in ((api, "api_port"), (worker, "worker_http_port")):
         (container,) = pod_spec(doc)["containers"]
         with monkeypatch.context() as patch:
-            port = getattr(workload_settings(docs, doc, patch), port_of)
+            settings = workload_settings(docs, doc, patch)
+            port = getattr(settings, port_of)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert ports[container[probe]["httpGet"]["port"]] == port, (doc, probe)
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-        assert doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+        # In jwt mode the API's /metrics is on its internal METRICS_PORT, not the public one.
+        scraped = settings.metrics_port if doc is api and settings.auth_mode == "jwt" else port
+        assert ports.get("metrics", port) == scraped
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(scraped)
 
 
 def test_worker_outlives_its_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,6 +356,24 @@ def test_storage_is_one_shared_read_write_many_volume(monkeypatch: pytest.Monkey
         claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in
                   pod_spec(doc)["volumes"]}  # fmt: skip
         assert claims[mounts[storage]] == "thumbnailer-storage", name
+
+
+def test_network_policies_admit_only_the_ingress_and_monitoring(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = kustomize_documents()
+    deny = find(docs, "NetworkPolicy", "default-deny-ingress")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    api = find(docs, "Deployment", "thumbnailer-api")
+    settings = workload_settings(docs, api, monkeypatch)
+    policy = find(docs, "NetworkPolicy", "thumbnailer-api")
+    allowed = {
+        rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]: [
+            p["port"] for p in rule["ports"]
+        ]
+        for rule in policy["spec"]["ingress"]
+    }
+    assert allowed == {"ingress-nginx": [settings.api_port], "monitoring": [settings.metrics_port]}
 
 
 def test_autoscalers_own_the_replica_counts() -> None:

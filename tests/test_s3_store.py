@@ -19,7 +19,8 @@ from tests.support import free_port, jpeg_bytes
 from thumbnailer.config import Settings
 from thumbnailer.store import open_store, original_key, thumbnail_key
 from thumbnailer.store.s3 import S3Store, normalized_prefix, uses_virtual_host
-from thumbnailer.store.signing import expires_at, signing_window
+from thumbnailer.store.signing import expiry as expires_at
+from thumbnailer.store.signing import signing_window
 
 IMAGE_ID = "9f3e0000-0000-4000-8000-00000000abcd"
 NOW = 1_800_000_123.0

@@ -1,4 +1,4 @@
-"""`thumbnailer api | worker | migrate | run | queues | dlq | migrate-store`: the entry points."""
+"""`thumbnailer api | worker | migrate | run | token | queues | dlq | migrate-store`."""
 
 from __future__ import annotations
 
@@ -101,6 +101,10 @@ def serve_api(settings: Settings) -> None:
     import uvicorn
 
     with metrics_directory(settings):
+        if settings.auth_mode == "jwt" and settings.metrics_port:
+            from thumbnailer import metrics
+
+            metrics.serve_internal(settings.api_host, settings.metrics_port)
         uvicorn.run(
             "thumbnailer.api.app:create_app",
             factory=True,
@@ -108,7 +112,8 @@ def serve_api(settings: Settings) -> None:
             host=settings.api_host,
             port=settings.api_port,
             log_config=None,
-            proxy_headers=True,
+            # The app resolves forwarded headers itself, from FORWARDED_ALLOW_IPS only.
+            proxy_headers=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace_period),
         )
 
@@ -158,6 +163,15 @@ def run_both(settings: Settings) -> int:
     # uvicorn re-raises the signal it stopped on; a stop we asked for is a clean exit.
     clean = {0, -signal.SIGTERM, -signal.SIGINT}
     return max((0 if child.wait() in clean else 1) for child in children)
+
+
+def print_token(settings: Settings, subject: str, scope: str | None, ttl: int) -> None:
+    from thumbnailer.auth import issue_token
+
+    try:
+        print(issue_token(settings, subject, scope, ttl))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def migrate_store(settings: Settings, source: str, target: str) -> int:
@@ -241,6 +255,10 @@ def parser() -> argparse.ArgumentParser:
     move = commands.add_parser("migrate-store", help="copy stored objects to another backend")
     move.add_argument("--from", dest="source", choices=["local"], default="local")
     move.add_argument("--to", dest="target", choices=["s3"], default="s3")
+    token = commands.add_parser("token", help="print an HS256 token signed with JWT_SECRET")
+    token.add_argument("--sub", required=True, help="the subject: who the token speaks for")
+    token.add_argument("--scope", help="space-separated scopes, e.g. images:admin")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     return root
 
 
@@ -249,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        if args.command == "api":
+        if args.command == "token":
+            print_token(settings, args.sub, args.scope, args.ttl)
+        elif args.command == "api":
             serve_api(settings)
         elif args.command == "worker":
             serve_worker(settings)

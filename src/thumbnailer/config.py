@@ -19,6 +19,13 @@ def _parse_csv(value: object) -> object:
     return value
 
 
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+MIN_KEY_LENGTH = 32
+
+
 class Settings(BaseSettings):
     """One flat object; every field maps to the upper-case environment variable of its name."""
 
@@ -70,8 +77,8 @@ class Settings(BaseSettings):
         3600,
         ge=60,
         le=604800,
-        description="Seconds a handed-out signed URL stays valid, expiry rounded up to a window "
-        "so the same URL is reused for a while.",
+        description="Seconds a handed-out signed or presigned URL stays valid at least, rounded "
+        "up to a window of a quarter of it so the same URL repeats and caches hit.",
     )
     spool_path: Path = Field(
         Path(tempfile.gettempdir()) / "thumbnailer-spool",
@@ -195,8 +202,62 @@ class Settings(BaseSettings):
     processing_timeout: float = Field(
         600.0, gt=0, description="Seconds a row may stay PROCESSING before it is published again."
     )
+    auth_mode: Literal["none", "jwt"] = Field(
+        "none",
+        description="none: anyone who reaches the API may do anything (a trusted front); "
+        "jwt: bearer tokens, images owned by their uploader, signed file URLs.",
+    )
+    jwt_secret: str = Field(
+        "", description="HS256 key of the tokens in jwt mode (or JWT_JWKS_URL, never both)."
+    )
+    jwt_jwks_url: str = Field(
+        "",
+        description="URL of the issuer's JWKS (RS256/ES256/EdDSA keys) in jwt mode, "
+        "cached and refetched on an unknown kid at most once a minute.",
+    )
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted token algorithms; empty means HS256 with JWT_SECRET, "
+        "RS256,ES256,EdDSA with JWT_JWKS_URL.",
+    )
+    jwt_audience: str = Field(
+        "", description="Required `aud` of tokens; empty means tokens must carry no audience."
+    )
+    jwt_issuer: str = Field("", description="Required `iss` of tokens; empty means not checked.")
+    jwt_leeway: float = Field(
+        30.0, ge=0, le=300, description="Seconds of clock skew allowed on exp, nbf and iat."
+    )
+    url_signing_key: str = Field(
+        "",
+        description="HMAC key of the file URLs handed out in jwt mode (32+ characters, the "
+        "same on every API replica).",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis that keeps the rate-limit counters."
+    )
+    redis_key_prefix: str = Field(
+        "thumbnailer", description="Prefix of every Redis key, so deployments can share one."
+    )
+    rate_limit_uploads: str = Field(
+        "60/minute", description="Uploads per subject (client address in none mode)."
+    )
+    rate_limit_requests: str = Field(
+        "1200/minute", description="API requests per subject (client address in none mode)."
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="Proxies (IPs or CIDRs, * for any) whose X-Forwarded-For/-Proto/-Host "
+        "are believed, comma-separated.",
+    )
+    metrics_port: int = Field(
+        9000,
+        description="Internal port of the API's /metrics in jwt mode (off the public API "
+        "port); 0 disables it.",
+    )
 
-    @field_validator("thumbnail_sizes", "cors_origins", mode="before")
+    @field_validator(
+        "thumbnail_sizes", "cors_origins", "jwt_algorithms", "forwarded_allow_ips", mode="before"
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         return _parse_csv(value)
@@ -215,9 +276,46 @@ class Settings(BaseSettings):
                 return "postgresql+asyncpg://" + value[len(prefix) :]
         return value
 
+    @field_validator("rate_limit_uploads", "rate_limit_requests")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        parse_many(value)  # ValueError on anything limits cannot read
+        return value
+
+    @model_validator(mode="after")
+    def _jwt_mode_is_complete(self) -> Settings:
+        if self.auth_mode == "jwt":
+            _check_jwt_mode(self)
+        return self
+
+    @property
+    def accepted_algorithms(self) -> list[str]:
+        if self.jwt_algorithms:
+            return list(self.jwt_algorithms)
+        return ["HS256"] if self.jwt_secret else ["RS256", "ES256", "EdDSA"]
+
     @property
     def thumbnail_boxes(self) -> list[ThumbnailBox]:
         return [(size, size) for size in sorted(set(self.thumbnail_sizes), reverse=True)]
+
+
+def _check_jwt_mode(settings: Settings) -> None:
+    """One key source per issuer, and an allow-list that cannot mix HMAC with public keys."""
+    if bool(settings.jwt_secret) == bool(settings.jwt_jwks_url):
+        raise ValueError("AUTH_MODE=jwt needs exactly one of JWT_SECRET and JWT_JWKS_URL")
+    algorithms = set(settings.accepted_algorithms)
+    family = HMAC_ALGORITHMS if settings.jwt_secret else ASYMMETRIC_ALGORITHMS
+    if not algorithms or not algorithms <= family:
+        source = "JWT_SECRET" if settings.jwt_secret else "JWT_JWKS_URL"
+        raise ValueError(
+            f"JWT_ALGORITHMS {sorted(algorithms)} do not fit {source}: allowed {sorted(family)}"
+        )
+    if settings.jwt_secret and len(settings.jwt_secret.encode()) < MIN_KEY_LENGTH:
+        raise ValueError(f"JWT_SECRET must be at least {MIN_KEY_LENGTH} bytes")
+    if len(settings.url_signing_key.encode()) < MIN_KEY_LENGTH:
+        raise ValueError(f"AUTH_MODE=jwt needs a URL_SIGNING_KEY of {MIN_KEY_LENGTH}+ bytes")
 
 
 @lru_cache

@@ -91,8 +91,13 @@ class Ingest:
         if free is not None and free < self.limits.min_free_space:
             raise StorageFull(free)
 
-    async def __call__(self, spooled: Spooled, request_id: str | None) -> Accepted:
-        """Raises imaging.ImagingError (not an image we take), StoreError, RepoUnavailable."""
+    async def __call__(
+        self, spooled: Spooled, request_id: str | None, owner: str | None = None
+    ) -> Accepted:
+        """Raises imaging.ImagingError (not an image we take), StoreError, RepoUnavailable.
+
+        `owner` is the uploader's subject (AUTH_MODE=jwt), None when there is no identity.
+        """
         try:
             info = await self._probe(spooled.path)
         except BaseException:
@@ -103,7 +108,7 @@ class Ingest:
         await self.store.put_file(key, spooled.path, info.media_type)
         row = NewImage(
             image_id, key, spooled.filename, info.media_type, info.width, info.height,
-            spooled.size, request_id,
+            spooled.size, request_id, owner,
         )  # fmt: skip
         await self._record(row)
         metrics.UPLOAD_BYTES.inc(spooled.size)

@@ -18,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 STAGES = ("read", "decode", "resize", "encode", "write")
@@ -35,6 +36,16 @@ PUBLISH_FAILURES = Counter(
 )
 RELAY_REPUBLISHED = Counter(
     "thumbnailer_relay_republished", "Jobs the relay published for NEW or stale rows."
+)
+RATE_LIMITED = Counter(
+    "thumbnailer_rate_limited", "Requests refused with 429, by limit.", ["limit"]
+)
+RATE_LIMIT_UNAVAILABLE = Counter(
+    "thumbnailer_rate_limit_unavailable",
+    "Requests served without a rate-limit check because Redis was unreachable (fail open).",
+)
+AUTH_FAILURES = Counter(
+    "thumbnailer_auth_failures", "Requests refused with 401, by reason.", ["reason"]
 )
 # Every API process measures the same global facts: the latest measurement wins, so a process
 # that died is outvoted by the next refresh of a live one (live* modes would need a death hook).
@@ -77,6 +88,22 @@ for _outcome in OUTCOMES:
     JOBS.labels(_outcome)
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
+for _limit in ("uploads", "requests"):
+    RATE_LIMITED.labels(_limit)
+for _reason in ("missing", "invalid"):
+    AUTH_FAILURES.labels(_reason)
+
+
+def serve_internal(host: str, port: int) -> None:
+    """/metrics on its own port, from a thread of this process (AUTH_MODE=jwt keeps it off the
+    public API port). With several uvicorn workers this is their supervisor, which serves the
+    sum from the shared directory; with one, the very process that records them."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(port, host, registry)
+    else:
+        start_http_server(port, host)
 
 
 def render() -> tuple[bytes, str]:

@@ -56,6 +56,7 @@ class NewImage:
     height: int
     size_bytes: int
     request_id: str | None
+    owner: str | None = None  # the uploader's token subject; None in AUTH_MODE=none
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class ImageRecord:
     request_id: str | None
     created_at: datetime
     updated_at: datetime
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -8,17 +8,20 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thumbnailer import metrics
 from thumbnailer.api.errors import install_error_handlers
+from thumbnailer.api.proxy import ForwardedHeadersMiddleware, TrustedProxies
 from thumbnailer.api.routes import health, images, pages
 from thumbnailer.api.services import Services, build_services
 from thumbnailer.config import Settings, get_settings
@@ -29,6 +32,8 @@ from thumbnailer.relay import Relay
 log = get_logger(__name__)
 REQUEST_ID = "X-Request-ID"
 GAUGE_INTERVAL = 10.0
+EXPOSED_HEADERS = ["Location", "ETag", "Retry-After", REQUEST_ID, "RateLimit", "RateLimit-Policy"]
+EXPOSED_HEADERS += ["WWW-Authenticate"]
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -64,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.broker.close()
             await state.repo.close()
             await state.store.close()
+            await state.limiter.close()
+            if state.verifier is not None:
+                await state.verifier.close()
             log.info("api_stopped")
 
     app = FastAPI(
@@ -73,12 +81,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = state
+    if settings.auth_mode == "jwt":
+        document_bearer_auth(app)
     install_error_handlers(app)
     for module in (images, health, pages):
         app.include_router(module.router)
-    Instrumentator(should_group_status_codes=False, excluded_handlers=["/metrics"]).instrument(
-        app
-    ).expose(app, include_in_schema=False)
+    instrumentator = Instrumentator(
+        should_group_status_codes=False, excluded_handlers=["/metrics"]
+    ).instrument(app)
+    if settings.auth_mode == "none":
+        instrumentator.expose(app, include_in_schema=False)
+    # In jwt mode the API port is public: /metrics is served on METRICS_PORT (cli.serve_api).
     app.mount("/files", state.store.file_server())
     app.mount("/static", StaticFiles(packages=[("thumbnailer", "static")]), name="static")
     app.add_middleware(AccessLogMiddleware)
@@ -87,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["*"],
-        expose_headers=["Location", "ETag", "Retry-After", REQUEST_ID],
+        expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
     app.add_middleware(
@@ -95,7 +108,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header_name=REQUEST_ID,
         validator=lambda value: bool(_REQUEST_ID_SHAPE.match(value)),
     )
+    # Outermost: everything inside sees the client address and scheme a trusted proxy gave.
+    app.add_middleware(
+        ForwardedHeadersMiddleware, trusted=TrustedProxies(settings.forwarded_allow_ips)
+    )
     return app
+
+
+def document_bearer_auth(app: FastAPI) -> None:
+    """OpenAPI (and so /docs' Authorize button) says the /images routes take a bearer JWT."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith("/images"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def refresh_gauges(state: Services, interval: float = GAUGE_INTERVAL) -> None:

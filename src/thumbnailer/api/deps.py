@@ -7,7 +7,12 @@ from typing import Annotated
 from asgi_correlation_id import correlation_id
 from fastapi import Depends, Request
 
+from thumbnailer import metrics
+from thumbnailer.api import errors
+from thumbnailer.api.proxy import FORWARDED_HOST
+from thumbnailer.api.ratelimit import Limit, RateLimiter
 from thumbnailer.api.services import Services, UploadGate
+from thumbnailer.auth import AuthUnavailable, InvalidToken, Principal
 from thumbnailer.broker import Broker
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest
@@ -48,10 +53,69 @@ def _uploads(request: Request) -> UploadGate:
     return services(request).uploads
 
 
+def _limiter(request: Request) -> RateLimiter:
+    return services(request).limiter
+
+
 def _url_base(request: Request) -> str:
-    """Where clients reach us: the configured public URL, else the URL they used."""
-    configured = services(request).settings.public_base_url.rstrip("/")
-    return configured or str(request.base_url).rstrip("/")
+    """Where clients reach us: the configured public URL, else the URL they used.
+
+    In AUTH_MODE=jwt "the URL they used" counts only when a trusted proxy named the host
+    (X-Forwarded-Host): a bare Host header is the client's to choose, and a signed URL pointed
+    at a host of the client's choosing would hand the signature to it. Otherwise the URLs are
+    root-relative.
+    """
+    settings = services(request).settings
+    configured = settings.public_base_url.rstrip("/")
+    if configured:
+        return configured
+    if settings.auth_mode == "jwt" and not request.scope.get(FORWARDED_HOST):
+        return ""
+    return str(request.base_url).rstrip("/")
+
+
+async def _principal(request: Request) -> Principal:
+    """Who the request acts as: the token's subject in jwt mode, the operator in none mode."""
+    verifier = services(request).verifier
+    if verifier is None:
+        return Principal.operator()
+    try:
+        return await verifier.principal(request.headers.get("authorization"))
+    except InvalidToken as exc:
+        metrics.AUTH_FAILURES.labels("missing" if exc.missing else "invalid").inc()
+        raise errors.invalid_token(exc.reason, exc.missing) from exc
+    except AuthUnavailable as exc:
+        raise errors.AUTH_UNAVAILABLE from exc
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+def _identity(request: Request, principal: Principal) -> str:
+    """Whose budget a request spends: the subject, else the (proxy-resolved) client address."""
+    if principal.subject is not None:
+        return f"sub:{principal.subject}"
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
+async def _spend(request: Request, principal: Principal, limit: Limit) -> None:
+    limiter = services(request).limiter
+    exceeded = await limiter.hit(limit, _identity(request, principal))
+    if exceeded is not None:
+        metrics.RATE_LIMITED.labels(limit.name).inc()
+        raise errors.rate_limited(
+            exceeded.name, exceeded.limit, exceeded.window, exceeded.retry_after, limit.policy()
+        )
+
+
+async def limit_requests(request: Request, principal: PrincipalDep) -> None:
+    """RATE_LIMIT_REQUESTS: every /images request."""
+    await _spend(request, principal, services(request).limiter.requests)
+
+
+async def limit_uploads(request: Request, principal: PrincipalDep) -> None:
+    """RATE_LIMIT_UPLOADS: POST /images, on top of the request limit."""
+    await _spend(request, principal, services(request).limiter.uploads)
 
 
 def _request_id() -> str | None:
@@ -65,5 +129,6 @@ BrokerDep = Annotated[Broker, Depends(_broker)]
 NotifierDep = Annotated[StatusNotifier, Depends(_notifier)]
 IngestDep = Annotated[Ingest, Depends(_ingest)]
 UploadsDep = Annotated[UploadGate, Depends(_uploads)]
+LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
 UrlBase = Annotated[str, Depends(_url_base)]
 RequestId = Annotated[str | None, Depends(_request_id)]

@@ -113,6 +113,32 @@ def image_not_found(image_id: uuid.UUID) -> ApiError:
 
 INVALID_CURSOR = ApiError(422, "invalid_cursor", "cursor is not one this API handed out")
 
+AUTH_UNAVAILABLE = ApiError(
+    503,
+    "auth_unavailable",
+    "the keys to check tokens with are unavailable; retry shortly",
+    {"Retry-After": "5"},
+)
+
+
+def invalid_token(reason: str, missing: bool) -> ApiError:
+    """401 per RFC 6750: no error code when no credentials were sent, invalid_token otherwise."""
+    if missing:
+        return ApiError(401, "missing_token", reason, {"WWW-Authenticate": 'Bearer realm="api"'})
+    description = reason.replace("\\", "").replace('"', "'")
+    challenge = f'Bearer realm="api", error="invalid_token", error_description="{description}"'
+    return ApiError(401, "invalid_token", reason, {"WWW-Authenticate": challenge})
+
+
+def rate_limited(name: str, limit: int, window: int, retry_after: int, policy: str) -> ApiError:
+    headers = {
+        "Retry-After": str(retry_after),
+        "RateLimit-Policy": policy,
+        "RateLimit": f'"{name}";r=0;t={retry_after}',
+    }
+    detail = f"rate limit of {limit} {name} per {window} s exceeded; retry in {retry_after} s"
+    return ApiError(429, "rate_limited", detail, headers)
+
 
 def error_response(
     status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
@@ -122,6 +148,7 @@ def error_response(
 
 _HTTP_CODES = {
     400: "bad_request",
+    403: "invalid_signature",  # only /files answers 403: a missing, bad or expired signature
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
@@ -198,6 +225,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries documenting each error status with the shared error body."""
     descriptions = {
         400: "Malformed request",
+        401: "No valid bearer token (AUTH_MODE=jwt)",
+        429: "Rate limit exceeded (Retry-After, RateLimit-Policy, RateLimit)",
         404: "No such image or file",
         413: "File or image dimensions over the limit",
         408: "The upload took longer than UPLOAD_TIMEOUT",

@@ -32,14 +32,18 @@ def present(row: ImageRecord, base: str, boxes: list[tuple[int, int]], store: St
     )
 
 
-def etag(row: ImageRecord, base: str) -> str:
-    """Changes whenever the JSON would: status and update time, and the base URLs are built on."""
-    seed = f"{row.status}|{row.updated_at.isoformat()}|{base}"
+def etag(row: ImageRecord, base: str, store: Store) -> str:
+    """Changes whenever the JSON would: status and update time, and the URLs handed out.
+
+    The original's URL stands for all of them: it carries the base and, for private files, the
+    signature window, so a client never keeps a 304'd copy whose URLs have expired.
+    """
+    seed = f"{row.status}|{row.updated_at.isoformat()}|{store.url(row.original_key, base)}"
     return f'W/"{hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()}"'
 
 
-def poll_headers(row: ImageRecord, base: str) -> dict[str, str]:
-    headers = {"ETag": etag(row, base), "Cache-Control": "no-cache"}
+def poll_headers(row: ImageRecord, base: str, store: Store) -> dict[str, str]:
+    headers = {"ETag": etag(row, base, store), "Cache-Control": "no-cache"}
     if not row.finished:
         headers["Retry-After"] = "1"
     return headers

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from thumbnailer.api import errors
+from thumbnailer.api.ratelimit import RateLimiter
+from thumbnailer.auth import TokenVerifier
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest, Limits
@@ -23,6 +25,8 @@ class Services:
     notifier: StatusNotifier
     ingest: Ingest
     uploads: UploadGate
+    limiter: RateLimiter
+    verifier: TokenVerifier | None  # None in AUTH_MODE=none: every request is the operator
 
 
 class UploadGate:
@@ -57,4 +61,6 @@ def build_services(settings: Settings) -> Services:
         notifier=StatusNotifier(settings.database_url),
         ingest=Ingest(repo, store, broker, Limits.from_settings(settings)),
         uploads=UploadGate(settings.max_concurrent_uploads),
+        limiter=RateLimiter(settings),
+        verifier=TokenVerifier(settings) if settings.auth_mode == "jwt" else None,
     )

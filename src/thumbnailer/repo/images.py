@@ -104,6 +104,7 @@ def _record(row: Row[Any]) -> ImageRecord:
         request_id=values["request_id"],
         created_at=values["created_at"],
         updated_at=values["updated_at"],
+        owner=values["owner"],
     )
 
 
@@ -150,6 +151,7 @@ class Repo:
             "height": new.height,
             "size_bytes": new.size_bytes,
             "request_id": new.request_id,
+            "owner": new.owner,
         }
         # Core, not the ORM: the unit of work costs more CPU than the INSERT on the upload path.
         async with self._autocommit() as conn:
@@ -191,10 +193,16 @@ class Repo:
         limit: int,
         status: Status | None = None,
         after: tuple[datetime, uuid.UUID] | None = None,
+        owner: str | None = None,
     ) -> list[ImageRecord]:
-        """Newest first; `after` is the (created_at, id) of the last row already seen."""
+        """Newest first; `after` is the (created_at, id) of the last row already seen.
+
+        With `owner`, only that owner's rows; without, every row (rows with no owner included).
+        """
         stmt = select(*_COLUMNS).order_by(ImageRow.created_at.desc(), ImageRow.id.desc())
         stmt = stmt.limit(limit)
+        if owner is not None:
+            stmt = stmt.where(ImageRow.owner == owner)
         if status is not None:
             stmt = stmt.where(ImageRow.status == status.value)
         if after is not None:

@@ -36,6 +36,7 @@ class ImageRow(Base):
         CheckConstraint(f"status IN ({STATUS_NAMES})", name="images_status_valid"),
         Index("ix_images_status_updated_at", "status", "updated_at"),
         Index("ix_images_created_at_id", "created_at", "id"),
+        Index("ix_images_owner_created_at_id", "owner", "created_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -51,6 +52,8 @@ class ImageRow(Base):
     )
     error: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # Token subject of the uploader (AUTH_MODE=jwt); NULL for rows from before, or from none mode.
+    owner: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )

@@ -43,10 +43,14 @@ function show(box, image) {
 async function follow(box, location) {
   let etag = null;
   for (;;) {
-    const headers = etag ? { "If-None-Match": etag } : {};
+    const headers = auth.headers(etag ? { "If-None-Match": etag } : {});
     const response = await fetch(location + "?wait=25", { headers });
     if (response.status === 304) continue;
-    if (!response.ok) { show(box, { status: "ERROR", error: `status check failed (${response.status})` }); return; }
+    if (!response.ok) {
+      auth.refused(response.status);
+      show(box, { status: "ERROR", error: `status check failed (${response.status})` });
+      return;
+    }
     etag = response.headers.get("ETag");
     const image = await response.json();
     show(box, image);
@@ -61,12 +65,17 @@ function upload(file) {
   form.append("file", file);
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/images");
+  Object.entries(auth.headers()).forEach(([name, value]) => xhr.setRequestHeader(name, value));
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total; };
   xhr.onload = () => {
     bar.value = 100;
     let body = {};
     try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
-    if (xhr.status !== 202) { show(box, { status: "ERROR", error: body.detail || `upload failed (${xhr.status})` }); return; }
+    if (xhr.status !== 202) {
+      auth.refused(xhr.status);
+      show(box, { status: "ERROR", error: body.detail || `upload failed (${xhr.status})` });
+      return;
+    }
     show(box, body);
     follow(box, xhr.getResponseHeader("Location"));
   };

@@ -1,4 +1,5 @@
-// Recent images, newest first; refreshes every 5 s; "Older images" follows the cursor.
+// Recent images, newest first (the caller's own in jwt mode; all for an admin); refreshes every
+// 5 s; "Older images" follows the cursor.
 "use strict";
 const rows = document.getElementById("rows");
 const more = document.getElementById("more");
@@ -29,8 +30,8 @@ async function load(append) {
   const params = new URLSearchParams({ limit: "25" });
   if (filter.value) params.set("status", filter.value);
   if (append && cursor) params.set("cursor", cursor);
-  const response = await fetch("/images?" + params);
-  if (!response.ok) return;
+  const response = await fetch("/images?" + params, { headers: auth.headers() });
+  if (!response.ok) { if (auth.refused(response.status)) rows.replaceChildren(); return; }
   const page = await response.json();
   if (!append) rows.replaceChildren();
   page.items.forEach((image) => rows.append(render(image)));
@@ -40,6 +41,7 @@ async function load(append) {
 }
 
 filter.addEventListener("change", () => load(false));
+auth.onChange(() => load(false));
 more.addEventListener("click", () => load(true));
 load(false);
 setInterval(() => { if (!cursor || rows.children.length <= 25) load(false); }, 5000);

@@ -8,16 +8,23 @@ from thumbnailer.config import Settings
 from thumbnailer.store.base import Store, StoreError
 from thumbnailer.store.keys import original_key, thumbnail_key
 from thumbnailer.store.local import LocalStore
+from thumbnailer.store.signing import UrlSigner
 
 if TYPE_CHECKING:  # obstore is imported only by deployments that use the bucket
     from thumbnailer.store.s3 import S3Store
 
 
 def open_store(settings: Settings) -> Store:
-    """The store STORAGE_BACKEND names; call `await store.open()` before use, `close()` after."""
+    """The store STORAGE_BACKEND names; call `await store.open()` before use, `close()` after.
+
+    In jwt mode files are private: local URLs are signed, bucket URLs presigned (both expire).
+    """
     if settings.storage_backend == "s3":
         return s3_store(settings)
-    return LocalStore(settings.storage_path)
+    signer = None
+    if settings.auth_mode == "jwt":
+        signer = UrlSigner(settings.url_signing_key, settings.signed_url_ttl)
+    return LocalStore(settings.storage_path, signer)
 
 
 def s3_store(settings: Settings) -> S3Store:
@@ -38,6 +45,7 @@ __all__ = [
     "LocalStore",
     "Store",
     "StoreError",
+    "UrlSigner",
     "open_store",
     "original_key",
     "s3_store",

@@ -32,7 +32,11 @@ class Store(Protocol):
         """Remove the object; a missing one is not an error."""
 
     def url(self, key: str, base: str) -> str:
-        """Where a client fetches the object; `base` is the API's own public URL."""
+        """Where a client fetches the object; `base` is the API's own public URL.
+
+        In AUTH_MODE=jwt the URL must be private: it opens this one object only and expires
+        (SIGNED_URL_TTL, rounded up to a window so it repeats): signed, or presigned.
+        """
 
     async def healthy(self) -> bool:
         """True when objects can be written now."""

@@ -19,13 +19,15 @@ from starlette.types import ASGIApp
 
 from thumbnailer.store.base import StoreError
 from thumbnailer.store.local_files import ImmutableFiles
+from thumbnailer.store.signing import UrlSigner
 
 
 class LocalStore:
     """Objects are files under `root`; writes go through `root/.tmp` so readers never see half."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, signer: UrlSigner | None = None) -> None:
         self.root = root.resolve()
+        self.signer = signer  # private files: signed, expiring URLs
         self._scratch = self.root / ".tmp"
         self._scratch.mkdir(parents=True, exist_ok=True)
 
@@ -95,7 +97,9 @@ class LocalStore:
             raise StoreError(f"could not delete {key}: {exc.strerror or exc}") from exc
 
     def url(self, key: str, base: str) -> str:
-        return f"{base}/files/{key}"
+        if self.signer is None:
+            return f"{base}/files/{key}"
+        return f"{base}/files/{key}?{self.signer.query(key)}"
 
     async def healthy(self) -> bool:
         return await asyncio.to_thread(os.access, self.root, os.W_OK)
@@ -105,7 +109,7 @@ class LocalStore:
         return stats.f_bavail * stats.f_frsize
 
     def file_server(self) -> ASGIApp:
-        return ImmutableFiles(directory=self.root, check_dir=False)
+        return ImmutableFiles(directory=self.root, check_dir=False, signer=self.signer)
 
 
 async def _remove(path: Path) -> None:

@@ -37,7 +37,7 @@ from thumbnailer.logging import get_logger
 from thumbnailer.store.base import StoreError
 from thumbnailer.store.keys import SERVED_PREFIXES
 from thumbnailer.store.local_files import IMMUTABLE
-from thumbnailer.store.signing import expires_at
+from thumbnailer.store.signing import expiry as expires_at
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 
-from thumbnailer.api.deps import BrokerDep, RepoDep, StoreDep
+from thumbnailer.api.deps import BrokerDep, LimiterDep, RepoDep, StoreDep
+from thumbnailer.api.ratelimit import RateLimiter
 from thumbnailer.api.schemas import HealthOut, ProbeOut
 from thumbnailer.broker import Broker
 from thumbnailer.repo import Repo, RepoUnavailable
@@ -36,6 +37,13 @@ async def _storage_up(store: Store) -> bool:
         return False
 
 
+async def _redis_up(limiter: RateLimiter) -> bool:
+    try:
+        return await asyncio.wait_for(limiter.healthy(), timeout=1.0)
+    except TimeoutError:
+        return False
+
+
 @router.get(
     "/health",
     response_model=HealthOut,
@@ -43,14 +51,15 @@ async def _storage_up(store: Store) -> bool:
     summary="Dependencies' health",
 )
 async def health(
-    response: Response, repo: RepoDep, broker: BrokerDep, store: StoreDep
+    response: Response, repo: RepoDep, broker: BrokerDep, store: StoreDep, limiter: LimiterDep
 ) -> HealthOut:
     services = await dependencies_up(repo, broker, store)
     healthy = all(services.values())
     response.status_code = 200 if healthy else 503
+    # Reported, never unhealthy: without Redis requests are served, only not rate limited.
     return HealthOut(
         status="healthy" if healthy else "unhealthy",
-        services=services,
+        services={**services, "redis": await _redis_up(limiter)},
         timestamp=datetime.now(UTC),
     )
 

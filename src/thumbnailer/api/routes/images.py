@@ -7,28 +7,35 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from thumbnailer.api import errors
 from thumbnailer.api.deps import (
     IngestDep,
     NotifierDep,
+    PrincipalDep,
     RepoDep,
     RequestId,
     SettingsDep,
     StoreDep,
     UploadsDep,
     UrlBase,
+    limit_requests,
+    limit_uploads,
 )
 from thumbnailer.api.errors import error_responses
 from thumbnailer.api.multipart import receive_file
 from thumbnailer.api.pagination import decode_cursor, encode_cursor
 from thumbnailer.api.presenters import etag, poll_headers, present
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted
+from thumbnailer.auth import Principal
+from thumbnailer.config import Settings
 from thumbnailer.records import ImageRecord, Status
 from thumbnailer.repo import Repo
+from thumbnailer.store import Store
 
-router = APIRouter()
+# Every route here: a principal (401 in jwt mode without a valid token) and the request limit.
+router = APIRouter(dependencies=[Depends(limit_requests)])
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -50,9 +57,10 @@ UPLOAD_BODY = {
     "/images",
     status_code=202,
     response_model=UploadAccepted,
-    responses=error_responses(408, 413, 415, 422, 503, 507),
+    responses=error_responses(401, 408, 413, 415, 422, 429, 503, 507),
     openapi_extra=UPLOAD_BODY,
     summary="Upload an image (multipart field `file`)",
+    dependencies=[Depends(limit_uploads)],
 )
 async def upload_image(
     request: Request,
@@ -61,6 +69,7 @@ async def upload_image(
     ingest: IngestDep,
     uploads: UploadsDep,
     request_id: RequestId,
+    principal: PrincipalDep,
 ) -> UploadAccepted:
     with uploads.admit():
         await ingest.check_room()
@@ -71,7 +80,7 @@ async def upload_image(
                 )
         except TimeoutError as exc:
             raise errors.upload_timeout(settings.upload_timeout) from exc
-        accepted = await ingest(spooled, request_id)
+        accepted = await ingest(spooled, request_id, principal.subject)
     response.headers["Location"] = f"/images/{accepted.id}"
     return UploadAccepted(
         id=accepted.id,
@@ -83,20 +92,23 @@ async def upload_image(
 @router.get(
     "/images",
     response_model=ImagePage,
-    responses=error_responses(422, 503),
-    summary="Recent images, newest first",
+    responses=error_responses(401, 422, 429, 503),
+    summary="Recent images, newest first (the caller's own; every image for an admin)",
 )
 async def list_images(
+    response: Response,
     settings: SettingsDep,
     repo: RepoDep,
     store: StoreDep,
     base: UrlBase,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: Annotated[Status | None, Query(description="Only rows in this status")] = None,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> ImagePage:
+    response.headers.update(private_headers(settings))
     after = decode_cursor(cursor) if cursor else None
-    rows = await repo.page(limit + 1, status, after)
+    rows = await repo.page(limit + 1, status, after, principal.owner_filter)
     more = len(rows) > limit
     rows = rows[:limit]
     return ImagePage(
@@ -110,9 +122,9 @@ async def list_images(
     response_model=ImageOut,
     responses={
         304: {"description": "Not modified (If-None-Match)"},
-        **error_responses(404, 422, 503),
+        **error_responses(401, 404, 422, 429, 503),
     },
-    summary="Status and URLs of one image",
+    summary="Status and URLs of one image (404 for another owner's, as for an unknown id)",
 )
 async def get_image(
     request: Request,
@@ -122,6 +134,7 @@ async def get_image(
     store: StoreDep,
     notifier: NotifierDep,
     base: UrlBase,
+    principal: PrincipalDep,
     image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
     wait: Annotated[
         float,
@@ -130,32 +143,42 @@ async def get_image(
 ) -> Any:
     # Subscribe before the first read: a change committed after it still wakes the wait.
     with notifier.watch(str(image_id)) as watch:
-        row = await _load(repo, image_id)
+        row = await _load(repo, image_id, principal)
         known = request.headers.get("if-none-match")
         deadline = time.monotonic() + min(wait, settings.max_poll_wait)
         first = row
-        while not row.finished and not _changed(first, row, known, base):
+        while not row.finished and not _changed(first, row, known, base, store):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             await watch.wait(remaining)
-            row = await _load(repo, image_id)
-    headers = poll_headers(row, base)
+            row = await _load(repo, image_id, principal)
+    headers = {**poll_headers(row, base, store), **private_headers(settings)}
     if known is not None and known == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
     return present(row, base, settings.thumbnail_boxes, store)
 
 
-async def _load(repo: Repo, image_id: uuid.UUID) -> ImageRecord:
+def private_headers(settings: Settings) -> dict[str, str]:
+    """In jwt mode the JSON depends on the token: no shared cache may keep or mix it."""
+    if settings.auth_mode != "jwt":
+        return {}
+    return {"Cache-Control": "private, no-cache", "Vary": "Authorization"}
+
+
+async def _load(repo: Repo, image_id: uuid.UUID, principal: Principal) -> ImageRecord:
+    """The row, if the principal may see it; someone else's is exactly as unknown (404)."""
     row = await repo.get(image_id)
-    if row is None:
+    if row is None or not principal.can_see(row.owner):
         raise errors.image_not_found(image_id)
     return row
 
 
-def _changed(first: ImageRecord, current: ImageRecord, known: str | None, base: str) -> bool:
+def _changed(
+    first: ImageRecord, current: ImageRecord, known: str | None, base: str, store: Store
+) -> bool:
     """With If-None-Match, a change is a new ETag; without it, a new status."""
     if known is not None:
-        return etag(current, base) != known
+        return etag(current, base, store) != known
     return current.status != first.status
