@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -108,6 +108,18 @@ def _record(row: Row[Any]) -> ImageRecord:
     )
 
 
+@asynccontextmanager
+async def _translating(
+    opening: AbstractAsyncContextManager[AsyncConnection],
+) -> AsyncIterator[AsyncConnection]:
+    """A connection whose driver failures leave as RepoUnavailable."""
+    try:
+        async with opening as conn:
+            yield conn
+    except (SQLAlchemyError, OSError) as exc:
+        raise RepoUnavailable(str(exc) or type(exc).__name__) from exc
+
+
 class Repo:
     """Every write is one short statement; no connection outlives a call."""
 
@@ -124,21 +136,11 @@ class Repo:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    @asynccontextmanager
-    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.autocommit.connect() as conn:
-                yield conn
-        except (SQLAlchemyError, OSError) as exc:
-            raise RepoUnavailable(str(exc) or type(exc).__name__) from exc
+    def _autocommit(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return _translating(self.autocommit.connect())
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.begin() as conn:
-                yield conn
-        except (SQLAlchemyError, OSError) as exc:
-            raise RepoUnavailable(str(exc) or type(exc).__name__) from exc
+    def _transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return _translating(self.engine.begin())
 
     async def add(self, new: NewImage) -> None:
         values = {
