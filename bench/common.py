@@ -26,18 +26,6 @@ CACHE = ROOT / ".cache"
 RESULTS = ROOT / "results"
 
 
-def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
-    """Smooth shapes, gradients and fine grain: compresses like a photo (~2-4 bits/pixel)."""
-    coarse = Image.effect_noise((max(2, width // 64), max(2, height // 64)), 90 + seed)
-    smooth = coarse.resize((width, height), Image.Resampling.BICUBIC)
-    gradient = Image.linear_gradient("L").resize((width, height))
-    grain = Image.effect_noise((width, height), 60)
-    red = Image.blend(Image.blend(smooth, gradient, 0.4), grain, 0.25)
-    green = Image.blend(smooth.transpose(Image.Transpose.FLIP_LEFT_RIGHT), grain, 0.2)
-    blue = Image.blend(smooth.transpose(Image.Transpose.FLIP_TOP_BOTTOM), grain, 0.3)
-    return Image.merge("RGB", (red, green, blue))
-
-
 def corpus_file(name: str, make: Callable[[], bytes]) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / name

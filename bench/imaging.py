@@ -30,7 +30,8 @@ from typing import Any
 
 from PIL import Image
 
-from bench.common import corpus_file, encoded, median_ms, photo_like, ratios_table, rows_table
+from bench.common import corpus_file, encoded, median_ms, ratios_table, rows_table
+from tests.support import photo_like
 from thumbnailer.imaging import WEBP_METHOD, Thumbnail, make_thumbnails
 
 BOXES = [(1200, 1200), (300, 300), (100, 100)]

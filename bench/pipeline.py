@@ -16,12 +16,13 @@ import asyncpg
 import httpx
 import psutil
 
-from bench.common import corpus_file, encoded, percentile, photo_like, table
+from bench.common import corpus_file, encoded, percentile, table
 from tests.support import (
     ADMIN_DATABASE_URL,
     RABBITMQ_URL,
     ServiceProcess,
     free_port,
+    photo_like,
     service_env,
     wait_until_ready,
 )

@@ -19,9 +19,10 @@ from typing import Any
 
 import httpx
 
-from bench.common import corpus_file, encoded, percentile, photo_like, table
+from bench.common import corpus_file, encoded, percentile, table
 from bench.pipeline import Stack, done_times, one_megabyte_jpeg, sustained_rate, upload_all
 from bench.s3_clients import start_moto
+from tests.support import photo_like
 
 
 @contextlib.contextmanager

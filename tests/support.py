@@ -54,6 +54,33 @@ def png_bytes(width: int, height: int, mode: str = "RGBA") -> bytes:
     return buffer.getvalue()
 
 
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth shapes, gradients and fine grain: compresses like a photo (~2-4 bits/pixel) and
+    costs the worker real decode and resize time, like one."""
+    coarse = Image.effect_noise((max(2, width // 64), max(2, height // 64)), 90 + seed)
+    smooth = coarse.resize((width, height), Image.Resampling.BICUBIC)
+    gradient = Image.linear_gradient("L").resize((width, height))
+    grain = Image.effect_noise((width, height), 60)
+    red = Image.blend(Image.blend(smooth, gradient, 0.4), grain, 0.25)
+    green = Image.blend(smooth.transpose(Image.Transpose.FLIP_LEFT_RIGHT), grain, 0.2)
+    blue = Image.blend(smooth.transpose(Image.Transpose.FLIP_TOP_BOTTOM), grain, 0.3)
+    return Image.merge("RGB", (red, green, blue))
+
+
+def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 85) -> bytes:
+    buffer = io.BytesIO()
+    photo_like(width, height, seed).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def multipart_body(data: bytes, filename: str = "upload.jpg", **fields: str) -> tuple[bytes, str]:
+    """The body and Content-Type httpx would send for an upload: for raw-socket tests."""
+    request = httpx.Request(
+        "POST", "http://t/images", data=fields or None, files={"file": (filename, data)}
+    )
+    return request.read(), request.headers["content-type"]
+
+
 def fitted(size: tuple[int, int], box: int) -> tuple[int, int]:
     """The size a `size` image must have once fitted in a `box` square, never enlarged."""
     width, height = size

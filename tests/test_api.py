@@ -15,7 +15,7 @@ import sqlalchemy
 from fastapi import FastAPI
 
 from tests.conftest import Services, make_settings
-from tests.support import free_port, jpeg_bytes, png_bytes
+from tests.support import free_port, jpeg_bytes, multipart_body, png_bytes
 from thumbnailer.api.app import create_app
 from thumbnailer.config import Settings
 from thumbnailer.records import ThumbnailEntry
@@ -226,11 +226,6 @@ async def small_limit_client(small_limit_settings: Settings) -> AsyncIterator[ht
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             yield client
-
-
-def multipart_body(data: bytes) -> tuple[bytes, str]:
-    request = httpx.Request("POST", "http://t/images", files={"file": ("big.jpg", data)})
-    return request.read(), request.headers["content-type"]
 
 
 async def test_too_large_with_content_length_is_413(

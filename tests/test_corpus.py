@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import Services
 from tests.corpus import Case, cases, multipart
-from tests.support import ARTIFACTS, ROOT, fitted, jpeg_bytes
+from tests.support import ARTIFACTS, ROOT, fitted, jpeg_bytes, multipart_body
 from tests.test_e2e import wait_for_terminal
 
 pytestmark = pytest.mark.e2e
@@ -152,8 +152,3 @@ def test_slightly_oversized_upload_reads_a_clean_413(services: Services, declare
         urllib.request.urlopen(request, timeout=60)
     assert refused.value.code == 413
     assert json.loads(refused.value.read())["code"] == "file_too_large"
-
-
-def multipart_body(data: bytes) -> tuple[bytes, str]:
-    request = httpx.Request("POST", "http://x/images", files={"file": ("big.jpg", data)})
-    return request.read(), request.headers["content-type"]

@@ -19,7 +19,6 @@ with nothing unfinished) and that no worker crashed (`job_crashed`).
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import shutil
 import signal
@@ -36,10 +35,16 @@ import aio_pika
 import asyncpg
 import httpx
 import pytest
-from PIL import Image
 
 from tests.conftest import Services, _drop_database, database_url_for, make_settings
-from tests.support import ARTIFACTS, RABBITMQ_URL, ROOT, jpeg_bytes, wait_until_ready
+from tests.support import (
+    ARTIFACTS,
+    RABBITMQ_URL,
+    ROOT,
+    jpeg_bytes,
+    photo_jpeg,
+    wait_until_ready,
+)
 from tests.tcp_proxy import TcpProxy
 from thumbnailer.broker import Topology
 from thumbnailer.cli import migrate
@@ -59,17 +64,7 @@ JOB_ENDS = (
 )
 
 
-def photo_like(width: int, height: int, seed: int) -> bytes:
-    """Noise over a gradient: costs the worker real decode and resize time, like a photo."""
-    noise = Image.effect_noise((width // 4, height // 4), 40 + seed).convert("RGB")
-    gradient = Image.linear_gradient("L").resize(noise.size).convert("RGB")
-    image = Image.blend(noise, gradient, 0.6).resize((width, height), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
-
-
-IMAGES = [photo_like(1600 + 16 * i, 1200 - 8 * i, i) for i in range(8)]
+IMAGES = [photo_jpeg(1600 + 16 * i, 1200 - 8 * i, i) for i in range(8)]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import Services, make_settings
-from tests.support import ARTIFACTS, jpeg_bytes
+from tests.support import ARTIFACTS, jpeg_bytes, multipart_body
 from thumbnailer.api.app import create_app
 
 pytestmark = pytest.mark.e2e
@@ -49,11 +49,6 @@ def assert_spool_empty(services: Services) -> None:
     assert spool_files(services) == []
 
 
-def body_of(**kwargs: object) -> tuple[bytes, str]:
-    request = httpx.Request("POST", "http://t/images", **kwargs)  # type: ignore[arg-type]
-    return request.read(), request.headers["content-type"]
-
-
 def raw_upload(port: int, head: bytes, rest: bytes = b"") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(head)
@@ -76,7 +71,7 @@ def response_of(sock: socket.socket) -> tuple[int, dict[str, object]]:
 
 def slow_upload(services: Services) -> socket.socket:
     """Headers and half the body, then nothing: the client has stalled."""
-    body, content_type = body_of(files={"file": ("s.jpg", JPEG)})
+    body, content_type = multipart_body(JPEG, "s.jpg")
     head = (
         f"POST /images HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -129,14 +124,14 @@ def chunked(port: int, body: bytes, content_type: str) -> tuple[int, dict[str, o
 
 
 def test_bytes_outside_the_file_part_count_too(limited: Services) -> None:
-    body, content_type = body_of(data={"note": "x" * 2 * LIMIT}, files={"file": ("a.jpg", JPEG)})
+    body, content_type = multipart_body(JPEG, "a.jpg", note="x" * 2 * LIMIT)
     status, answer = chunked(limited.api_port, body, content_type)
     assert (status, answer["code"]) == (413, "file_too_large")
     assert_spool_empty(limited)
 
 
 def test_an_epilogue_after_the_last_part_counts_too(limited: Services) -> None:
-    body, content_type = body_of(files={"file": ("a.jpg", JPEG)})
+    body, content_type = multipart_body(JPEG, "a.jpg")
     status, answer = chunked(limited.api_port, body + b"e" * 2 * LIMIT, content_type)
     assert (status, answer["code"]) == (413, "file_too_large")
     assert_spool_empty(limited)
