@@ -200,6 +200,10 @@ def kustomization_resources() -> list[str]:
     return resources
 
 
+def example_secret() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((K8S_BASE / SECRET_EXAMPLE).read_text()) if d]
+
+
 def kustomize_documents() -> list[dict[str, Any]]:
     """The base's resources as written (kubectl-free; the rendered form is tested below), plus
     the example Secret: what runs once the real Secret, made out of band, looks like it."""
@@ -473,7 +477,8 @@ def test_the_s3_overlay_drops_the_shared_volume_and_sets_the_bucket(
         (container,) = spec["containers"]
         assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"], name
         with monkeypatch.context() as patch:
-            settings = workload_settings(docs, doc, patch)
+            # The real Secret is made out of band; the example shows what it holds.
+            settings = workload_settings([*docs, *example_secret()], doc, patch)
         assert settings.storage_backend == "s3"
         assert settings.s3_bucket
     # The default stays the base as it was: local disk on the ReadWriteMany claim.
