@@ -61,9 +61,13 @@ def redis_keys() -> Iterator[None]:
         client.close()
 
 
-@pytest.fixture(scope="session")
-def database_url(run_id: str) -> Iterator[str]:
-    name = f"thumbnailer_test_{run_id}"
+@pytest.fixture(scope="module")
+def database_url(run_id: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database per test module: the relay claims stale rows table-wide, so rows one module
+    left NEW or PROCESSING must never become another module's jobs (with another module's
+    storage, so a retry the no-retry check would rightly flag)."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    name = f"thumbnailer_test_{run_id}_{module}"[:63]
     url = database_url_for(name)
     migrate(Settings(database_url=url))
     yield url

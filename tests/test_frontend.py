@@ -243,8 +243,8 @@ async def test_pages_are_served_with_their_content(client: httpx.AsyncClient) ->
         for page, response in (("/", upload_page), ("/dashboard", dashboard))
     }
     assert loaded == {
-        "/": ["/static/style.css", "/static/app.js"],
-        "/dashboard": ["/static/style.css", "/static/dashboard.js"],
+        "/": ["/static/style.css", "/static/auth.js", "/static/app.js"],
+        "/dashboard": ["/static/style.css", "/static/auth.js", "/static/dashboard.js"],
     }
     for url in {url for urls in loaded.values() for url in urls}:
         response = await client.get(url)

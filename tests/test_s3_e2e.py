@@ -63,7 +63,12 @@ def test_uploads_reach_done_and_every_url_serves_the_bucket_object(
     }
     with httpx.Client(base_url=s3_services.base_url, timeout=30) as client:
         health = client.get("/health").json()
-        assert health["services"] == {"database": True, "rabbitmq": True, "storage": True}
+        assert health["services"] == {
+            "database": True,
+            "rabbitmq": True,
+            "storage": True,
+            "redis": True,
+        }
         ids = {}
         for name, data in samples.items():
             response = client.post("/images", files={"file": (name, data)})
