@@ -79,6 +79,16 @@ async def dead_letters(settings: Settings) -> list[dict[str, object]]:
     return bodies
 
 
+async def first_dead_letters(settings: Settings, timeout: float = 10.0) -> list[dict[str, object]]:
+    """Poll the dead-letter queue until something arrives (or `timeout` passes)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (letters := await dead_letters(settings)):
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    return letters
+
+
 async def test_a_job_goes_to_the_handler_of_its_kind(
     worker_with: WorkerFactory, settings: Settings
 ) -> None:
@@ -120,11 +130,7 @@ async def test_an_unknown_kind_is_dead_lettered(
     await ready(broker)
     image_id = uuid.uuid4()
     await broker.publish(Job("no-such-kind", image_id))
-    for _ in range(100):
-        letters = await dead_letters(settings)
-        if letters:
-            break
-        await asyncio.sleep(0.1)
+    letters = await first_dead_letters(settings)
     assert letters == [{"v": 1, "kind": "no-such-kind", "image_id": str(image_id)}]
     assert echo.seen == []
 
@@ -154,8 +160,5 @@ async def test_spent_retries_give_up_and_dead_letter(
     assert broken.given_up == [
         "processing failed 2 times (a file or network operation failed); gave up"
     ]
-    for _ in range(50):
-        if letters := await dead_letters(settings):
-            break
-        await asyncio.sleep(0.1)
+    letters = await first_dead_letters(settings)
     assert [letter["image_id"] for letter in letters] == [str(image_id)]
