@@ -17,9 +17,13 @@ import aiofiles
 import aiofiles.os
 from starlette.types import ASGIApp
 
+from thumbnailer.leftovers import remove_files_older_than
 from thumbnailer.store.base import StoreError
 from thumbnailer.store.local_files import ImmutableFiles
 from thumbnailer.store.signing import UrlSigner
+
+# No single write takes this long; a scratch file older than this lost its writer.
+SCRATCH_MAX_AGE = 3600.0
 
 
 class LocalStore:
@@ -32,7 +36,8 @@ class LocalStore:
         self._scratch.mkdir(parents=True, exist_ok=True)
 
     async def open(self) -> None:
-        """Nothing to acquire: every call opens its own file."""
+        """Every call opens its own file; what a killed writer left half-written goes now."""
+        await asyncio.to_thread(remove_files_older_than, self._scratch, SCRATCH_MAX_AGE)
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -44,7 +49,8 @@ class LocalStore:
         return path
 
     def _temp_path(self) -> Path:
-        return self._scratch / secrets.token_hex(16)
+        # The writer's pid in the name tells whose write a leftover was.
+        return self._scratch / f"{os.getpid()}-{secrets.token_hex(16)}"
 
     async def put(self, key: str, data: bytes, media_type: str) -> None:
         tmp = self._temp_path()
