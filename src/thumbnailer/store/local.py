@@ -53,14 +53,21 @@ class LocalStore:
         return self._scratch / f"{os.getpid()}-{secrets.token_hex(16)}"
 
     async def put(self, key: str, data: bytes, media_type: str) -> None:
+        # One thread hop for the whole write: per-call aiofiles hops cost twice the CPU of a
+        # thumbnail's write (bench/results/imaging-decisions.md §12).
+        try:
+            await asyncio.to_thread(self._write_into_place, data, key)
+        except OSError as exc:
+            raise StoreError(f"could not write {key}: {exc.strerror or exc}") from exc
+
+    def _write_into_place(self, data: bytes, key: str) -> None:
         tmp = self._temp_path()
         try:
-            async with aiofiles.open(tmp, "wb") as f:
-                await f.write(data)
-            await asyncio.to_thread(self._move_into_place, tmp, key)
-        except OSError as exc:
-            await _remove(tmp)
-            raise StoreError(f"could not write {key}: {exc.strerror or exc}") from exc
+            tmp.write_bytes(data)
+            self._move_into_place(tmp, key)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     async def put_file(self, key: str, path: Path, media_type: str) -> None:
         try:
@@ -91,8 +98,7 @@ class LocalStore:
 
     async def read(self, key: str) -> bytes:
         try:
-            async with aiofiles.open(self._path(key), "rb") as f:
-                return await f.read()
+            return await asyncio.to_thread(self._path(key).read_bytes)
         except OSError as exc:
             raise StoreError(f"could not read {key}: {exc.strerror or exc}") from exc
 
