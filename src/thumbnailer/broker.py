@@ -142,6 +142,8 @@ class Topology:
 
 
 THUMBNAILS = "thumbnails"
+FETCH = "fetch"  # download a URL's bytes, then ingest them like an upload
+WEBHOOK = "webhook"  # POST an image's final status to a receiver
 JOB_VERSION = 1
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from thumbnailer.worker.handlers.base import Context, Handler, Result
+from thumbnailer.worker.handlers.fetch import FetchHandler
 from thumbnailer.worker.handlers.thumbnails import ThumbnailHandler
 
-HANDLERS: tuple[Callable[[Context], Handler], ...] = (ThumbnailHandler,)
+HANDLERS: tuple[Callable[[Context], Handler], ...] = (ThumbnailHandler, FetchHandler)
 
 
 def build_handlers(
