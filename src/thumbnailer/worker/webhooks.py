@@ -9,6 +9,8 @@ and receivers drop duplicates by the event id.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 
 from thumbnailer.broker import WEBHOOK, Job
@@ -40,3 +42,24 @@ class Webhooks:
     async def announce_by_id(self, image_id: uuid.UUID) -> int:
         row = await self.ctx.repo.get(image_id)
         return 0 if row is None else await self.announce(row)
+
+
+SIGNATURE_HEADER = "Thumbnailer-Signature"
+EVENT_ID_HEADER = "Thumbnailer-Event-Id"
+EVENT_HEADER = "Thumbnailer-Event"
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """`t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`: the timestamp is signed with the body,
+    so a captured call cannot be replayed later under a fresh time."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def event_id(row: ImageRecord) -> str:
+    """The same for every delivery of one final state, so receivers can drop duplicates."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{row.id}|{row.status}|{row.updated_at}"))
+
+
+def event_name(row: ImageRecord) -> str:
+    return f"image.{row.status.value.lower()}"

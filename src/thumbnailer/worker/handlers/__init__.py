@@ -7,8 +7,13 @@ from collections.abc import Callable
 from thumbnailer.worker.handlers.base import Context, Handler, Result
 from thumbnailer.worker.handlers.fetch import FetchHandler
 from thumbnailer.worker.handlers.thumbnails import ThumbnailHandler
+from thumbnailer.worker.handlers.webhook import WebhookHandler
 
-HANDLERS: tuple[Callable[[Context], Handler], ...] = (ThumbnailHandler, FetchHandler)
+HANDLERS: tuple[Callable[[Context], Handler], ...] = (
+    ThumbnailHandler,
+    FetchHandler,
+    WebhookHandler,
+)
 
 
 def build_handlers(

@@ -1,4 +1,4 @@
-"""The relay and rows made from a URL: an unfetched row goes back out as a fetch job."""
+"""URL ingest and callbacks in-process (no worker): the relay, and refusals that need no fetch."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import aio_pika
+import httpx
 
 from thumbnailer.broker import FETCH, Broker, Job, Topology
 from thumbnailer.config import Settings
@@ -47,3 +48,25 @@ async def _drain_jobs(url: str, queue_name: str) -> list[Job]:
             jobs.append(Job.from_message(message))
             await message.ack()
     return jobs
+
+
+async def test_a_callback_url_is_refused_while_no_webhook_secret_is_set(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"url": "http://example.com/a.jpg", "callback_url": "http://example.com/hook"}
+    response = await client.post("/images", json=body)
+    assert response.status_code == 422
+    assert response.json()["code"] == "webhooks_disabled"
+    files = {"file": ("a.jpg", b"\xff\xd8 not even an image")}
+    response = await client.post(
+        "/images", files=files, data={"callback_url": body["callback_url"]}
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "webhooks_disabled"
+
+
+async def test_a_url_of_another_scheme_is_refused_in_process(client: httpx.AsyncClient) -> None:
+    for url in ("file:///etc/passwd", "gopher://example.com/", "http://[::1]/a.jpg"):
+        response = await client.post("/images", json={"url": url})
+        assert response.status_code == 422, url
+        assert response.json()["code"] == "url_not_allowed"
