@@ -286,3 +286,32 @@ async def test_a_trap_counts_what_the_allow_list_lets_through(tmp_path: Path) ->
         with pytest.raises(fetch.SourceUnavailable):  # the trap hangs up without answering
             await fetch.download(url, tmp_path, LIMIT, allowed, 2.0)
         assert listener.connections >= 1
+
+
+def test_slow_sources_do_not_hold_up_uploads(
+    api: httpx.Client, source: CountingServer, url_settings: Settings
+) -> None:
+    """Fetches wait on their sources in a lane of their own, not in the image workers' slots:
+    as many dripping sources as the worker has image slots leave uploads unhindered."""
+
+    def drips_seen() -> int:
+        with source.lock:
+            return sum(1 for request in source.requests if request[1] == "/drip.jpg")
+
+    before = drips_seen()
+    slots = url_settings.worker_concurrency
+    drips = [submit(api, f"{source.base}/drip.jpg").json()["id"] for _ in range(slots)]
+    deadline = time.monotonic() + 5
+    while drips_seen() < before + slots and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert drips_seen() == before + slots, "the fetches never reached the source"
+    started = time.monotonic()
+    uploads = [
+        api.post("/images", files={"file": ("p.jpg", jpeg_bytes(640, 480))}).json()["id"]
+        for _ in range(4)
+    ]
+    for image_id in uploads:
+        assert final(api, image_id)["status"] == "DONE"
+    assert time.monotonic() - started < FETCH_TIMEOUT * 0.6, "uploads waited for slow sources"
+    for image_id in drips:
+        assert final(api, image_id)["status"] == "ERROR"

@@ -27,7 +27,7 @@ async def test_the_relay_republishes_an_unfetched_row_as_a_fetch_job(settings: S
         await asyncio.sleep(0.3)
         relay = Relay(repo, broker, interval=0.2, processing_timeout=600)
         assert await relay.sweep() >= 1
-        jobs = await _drain_jobs(settings.rabbitmq_url, topology.queue)
+        jobs = await _drain_jobs(settings.rabbitmq_url, topology.queue_for(FETCH))
         mine = [job for job in jobs if job.image_id == image_id]
         assert [job.kind for job in mine] == [FETCH]
         row = await repo.get(image_id)

@@ -8,10 +8,10 @@ Topology (all on the default exchange, so routing key == queue name):
 - `<queue>.retry.<ms>`: one queue per back-off step; a message waits there for its TTL and then
   dead-letters back to `<queue>`. One queue per delay, because per-message TTLs only expire at
   the head of a queue and a long delay would hold up a short one behind it.
-- `<queue>.<lane>` (now `webhooks`): a work queue of its own for a job kind that waits on
-  others (a webhook receiver), consumed with its own prefetch so it never takes the slots of
-  image jobs; its retry queues are `<queue>.<lane>.retry.<ms>`, its dead letters go to
-  `<queue>.dead` like every other.
+- `<queue>.<lane>` (`webhooks`, `fetches`): a work queue of its own for a job kind that waits
+  on others (a webhook receiver, a URL's source), consumed with its own prefetch so it never
+  takes the slots of image jobs; its retry queues are `<queue>.<lane>.retry.<ms>`, its dead
+  letters go to `<queue>.dead` like every other.
 - `<queue>.dead`: where poison messages and exhausted retries rest for an operator
   (`thumbnailer dlq`), capped in length and age so it cannot fill the broker's disk.
 A deployment that still has the classic queues of earlier versions keeps working on them (a
@@ -101,8 +101,9 @@ class Topology:
         return f"{self.queue}.{lane}" if lane else self.queue
 
     @property
-    def lane_queues(self) -> list[str]:
-        return [f"{self.queue}.{lane}" for lane in sorted(set(LANES.values()))]
+    def lane_queues(self) -> dict[str, str]:
+        """lane name -> its work queue."""
+        return {lane: f"{self.queue}.{lane}" for lane in sorted(set(LANES.values()))}
 
     def queues(self) -> dict[str, dict[str, Any]]:
         """Every queue with its arguments, dead-letter queue first (the others point at it)."""
@@ -114,7 +115,7 @@ class Topology:
                 "x-message-ttl": int(self.dead_letter_ttl * 1000),
             },
         }
-        for work in [self.queue, *self.lane_queues]:
+        for work in [self.queue, *self.lane_queues.values()]:
             queues[work] = {
                 "x-queue-type": "quorum",
                 "x-delivery-limit": self.max_deliveries,
@@ -160,7 +161,7 @@ THUMBNAILS = "thumbnails"
 FETCH = "fetch"  # download a URL's bytes, then ingest them like an upload
 WEBHOOK = "webhook"  # POST an image's final status to a receiver
 # Job kinds with a work queue of their own (kind -> lane), consumed apart from image work.
-LANES = {WEBHOOK: "webhooks"}
+LANES = {WEBHOOK: "webhooks", FETCH: "fetches"}
 JOB_VERSION = 1
 
 

@@ -202,6 +202,12 @@ class Settings(BaseSettings):
         description="Seconds one URL fetch may take in all (connect, redirects, body), so a "
         "slow or dripping source cannot hold a worker.",
     )
+    url_fetch_concurrency: int = Field(
+        4,
+        ge=1,
+        description="URL fetches a worker runs at once, on a queue of their own, so slow "
+        "sources never hold up thumbnails.",
+    )
     url_fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Sources (host or host:port, comma-separated) exempt from the SSRF "

@@ -87,10 +87,14 @@ class Worker:
 
     async def _consume_lanes(self) -> list[tuple[AbstractQueue, str]]:
         """Each lane on a channel of its own: its prefetch never takes an image job's slot."""
+        prefetch = {
+            "webhooks": self.settings.webhook_concurrency,
+            "fetches": self.settings.url_fetch_concurrency,
+        }
         consumers = []
-        for name in self.topology.lane_queues:
+        for lane, name in self.topology.lane_queues.items():
             channel = await self.broker.channel()
-            await channel.set_qos(prefetch_count=self.settings.webhook_concurrency)
+            await channel.set_qos(prefetch_count=prefetch.get(lane, self.concurrency))
             queue = await channel.declare_queue(name, passive=True)
             consumers.append((queue, await queue.consume(self._on_message)))
         return consumers
