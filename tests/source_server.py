@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,8 +129,12 @@ def drip_route(total: int = 1000, every: float = 1.0) -> Route:
 
 
 @contextmanager
-def serving(routes: dict[str, Route]) -> Iterator[CountingServer]:
+def serving(
+    routes: dict[str, Route], tls: ssl.SSLContext | None = None
+) -> Iterator[CountingServer]:
     server = CountingServer(routes)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -22,6 +22,7 @@ import asyncio
 import ipaddress
 import secrets
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -271,7 +272,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
-def guarded_transport(policy: Policy) -> httpx.AsyncHTTPTransport:
+def guarded_transport(
+    policy: Policy, tls: ssl.SSLContext | None = None
+) -> httpx.AsyncHTTPTransport:
     """httpx's own transport (request mapping, errors) over a pool that uses the guard.
 
     httpx has no public way to hand its pool a network backend, so the pool is replaced; TLS
@@ -279,7 +282,7 @@ def guarded_transport(policy: Policy) -> httpx.AsyncHTTPTransport:
     """
     transport = httpx.AsyncHTTPTransport(trust_env=False)
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=create_ssl_context(trust_env=False),
+        ssl_context=tls or create_ssl_context(trust_env=False),
         max_connections=10,
         network_backend=GuardedBackend(policy),
     )
@@ -287,9 +290,12 @@ def guarded_transport(policy: Policy) -> httpx.AsyncHTTPTransport:
 
 
 @asynccontextmanager
-async def guarded_client(policy: Policy, time_limit: float) -> AsyncIterator[httpx.AsyncClient]:
+async def guarded_client(
+    policy: Policy, time_limit: float, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`tls`: the context certificates are verified with (default: the system's CAs)."""
     async with httpx.AsyncClient(
-        transport=guarded_transport(policy),
+        transport=guarded_transport(policy, tls),
         timeout=httpx.Timeout(time_limit),
         follow_redirects=False,
         trust_env=False,
@@ -335,13 +341,18 @@ def describe_size(size: int) -> str:
 
 
 async def download(
-    url: str, spool: Path, max_bytes: int, policy: Policy, time_limit: float
+    url: str,
+    spool: Path,
+    max_bytes: int,
+    policy: Policy,
+    time_limit: float,
+    tls: ssl.SSLContext | None = None,
 ) -> Downloaded:
     """The body of `url` in a new file under `spool`; raises FetchFailed with the reason."""
     tmp = spool / secrets.token_hex(16)
     try:
         async with asyncio.timeout(time_limit):
-            async with guarded_client(policy, time_limit) as client:
+            async with guarded_client(policy, time_limit, tls) as client:
                 request = client.build_request("GET", url, headers={"Accept": "image/*"})
                 async with open_response(client, request) as response:
                     _check_answer(response, max_bytes)
