@@ -121,8 +121,7 @@ def settings(database_url: str, tmp_path: Path) -> Iterator[Settings]:
 
 async def delete_queues(settings: Settings) -> None:
     topology = Topology(settings.queue_name, settings.max_retries, settings.retry_base_delay)
-    names = [topology.queue, topology.dead_letter_queue]
-    names += [topology.retry_queue(n) for n in range(1, topology.max_retries + 1)]
+    names = list(topology.queues())  # every queue the processes declare, lanes included
     connection = await aio_pika.connect(settings.rabbitmq_url)
     async with connection:
         channel = await connection.channel()

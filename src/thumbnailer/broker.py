@@ -8,6 +8,10 @@ Topology (all on the default exchange, so routing key == queue name):
 - `<queue>.retry.<ms>`: one queue per back-off step; a message waits there for its TTL and then
   dead-letters back to `<queue>`. One queue per delay, because per-message TTLs only expire at
   the head of a queue and a long delay would hold up a short one behind it.
+- `<queue>.<lane>` (`webhooks`, `fetches`): a work queue of its own for a job kind that waits
+  on others (a webhook receiver, a URL's source), consumed with its own prefetch so it never
+  takes the slots of image jobs; its retry queues are `<queue>.<lane>.retry.<ms>`, its dead
+  letters go to `<queue>.dead` like every other.
 - `<queue>.dead`: where poison messages and exhausted retries rest for an operator
   (`thumbnailer dlq`), capped in length and age so it cannot fill the broker's disk.
 A deployment that still has the classic queues of earlier versions keeps working on them (a
@@ -88,8 +92,18 @@ class Topology:
         """Delay before retry number `attempt` (1-based): base, 2*base, 4*base, ..."""
         return int(self.retry_base_delay * 1000 * 2 ** (attempt - 1))
 
-    def retry_queue(self, attempt: int) -> str:
-        return f"{self.queue}.retry.{self.retry_delay_ms(attempt)}ms"
+    def retry_queue(self, attempt: int, kind: str | None = None) -> str:
+        return f"{self.queue_for(kind)}.retry.{self.retry_delay_ms(attempt)}ms"
+
+    def queue_for(self, kind: str | None) -> str:
+        """The work queue of a job kind: its lane's, or the shared one."""
+        lane = LANES.get(kind or "")
+        return f"{self.queue}.{lane}" if lane else self.queue
+
+    @property
+    def lane_queues(self) -> dict[str, str]:
+        """lane name -> its work queue."""
+        return {lane: f"{self.queue}.{lane}" for lane in sorted(set(LANES.values()))}
 
     def queues(self) -> dict[str, dict[str, Any]]:
         """Every queue with its arguments, dead-letter queue first (the others point at it)."""
@@ -100,19 +114,21 @@ class Topology:
                 "x-overflow": "drop-head",
                 "x-message-ttl": int(self.dead_letter_ttl * 1000),
             },
-            self.queue: {
+        }
+        for work in [self.queue, *self.lane_queues.values()]:
+            queues[work] = {
                 "x-queue-type": "quorum",
                 "x-delivery-limit": self.max_deliveries,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": self.dead_letter_queue,
-            },
-        }
-        for attempt in range(1, self.max_retries + 1):
-            queues[self.retry_queue(attempt)] = {
-                "x-message-ttl": self.retry_delay_ms(attempt),
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": self.queue,
             }
+            for attempt in range(1, self.max_retries + 1):
+                delay = self.retry_delay_ms(attempt)
+                queues[f"{work}.retry.{delay}ms"] = {
+                    "x-message-ttl": delay,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": work,
+                }
         return queues
 
     async def declare(self, connection: AbstractConnection) -> list[str]:
@@ -142,6 +158,10 @@ class Topology:
 
 
 THUMBNAILS = "thumbnails"
+FETCH = "fetch"  # download a URL's bytes, then ingest them like an upload
+WEBHOOK = "webhook"  # POST an image's final status to a receiver
+# Job kinds with a work queue of their own (kind -> lane), consumed apart from image work.
+LANES = {WEBHOOK: "webhooks", FETCH: "fetches"}
 JOB_VERSION = 1
 
 
@@ -275,7 +295,7 @@ class Broker:
         try:
             await self._channel.default_exchange.publish(
                 job.to_message(),
-                routing_key=routing_key or self.topology.queue,
+                routing_key=routing_key or self.topology.queue_for(job.kind),
                 mandatory=True,
                 timeout=PUBLISH_TIMEOUT,
             )
@@ -284,7 +304,7 @@ class Broker:
 
     async def publish_retry(self, job: Job) -> None:
         retry = job.next_attempt()
-        await self.publish(retry, self.topology.retry_queue(retry.attempt))
+        await self.publish(retry, self.topology.retry_queue(retry.attempt, job.kind))
 
     async def queue_depths(self) -> dict[str, int]:
         """Messages ready in the work and dead-letter queues (a passive declare each)."""

@@ -196,6 +196,42 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(
         1.0, gt=0, description="First retry delay in seconds; doubles each attempt."
     )
+    url_fetch_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds one URL fetch may take in all (connect, redirects, body), so a "
+        "slow or dripping source cannot hold a worker.",
+    )
+    url_fetch_concurrency: int = Field(
+        4,
+        ge=1,
+        description="URL fetches a worker runs at once, on a queue of their own, so slow "
+        "sources never hold up thumbnails.",
+    )
+    url_fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Sources (host or host:port, comma-separated) exempt from the SSRF "
+        "address check, for image servers on an internal network.",
+    )
+    webhook_url: str = Field(
+        "",
+        description="URL every image's DONE or ERROR is POSTed to (besides its own "
+        "callback_url); empty means none. Needs WEBHOOK_SECRET.",
+    )
+    webhook_secret: str = Field(
+        "",
+        description="HMAC-SHA256 key of the Thumbnailer-Signature header; webhooks and "
+        "callback_url are refused while it is empty.",
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="Seconds a webhook receiver has to answer one call."
+    )
+    webhook_concurrency: int = Field(
+        4,
+        ge=1,
+        description="Webhook calls a worker makes at once, on a queue of their own, so slow "
+        "receivers never hold up thumbnails.",
+    )
     relay_interval: float = Field(
         5.0, gt=0, description="Seconds between sweeps that publish rows left unpublished."
     )
@@ -256,11 +292,22 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "thumbnail_sizes", "cors_origins", "jwt_algorithms", "forwarded_allow_ips", mode="before"
+        "thumbnail_sizes",
+        "cors_origins",
+        "jwt_algorithms",
+        "forwarded_allow_ips",
+        "url_fetch_allowed_hosts",
+        mode="before",
     )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         return _parse_csv(value)
+
+    @model_validator(mode="after")
+    def _webhook_is_signed(self) -> Settings:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("WEBHOOK_URL needs a WEBHOOK_SECRET to sign the calls with")
+        return self
 
     @model_validator(mode="after")
     def _bucket_for_s3(self) -> Settings:

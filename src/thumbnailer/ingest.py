@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiofiles.os
 import anyio.to_thread
 
 from thumbnailer import imaging, metrics
-from thumbnailer.broker import Broker, BrokerUnavailable, Job
+from thumbnailer.broker import FETCH, Broker, BrokerUnavailable, Job
 from thumbnailer.config import Settings
 from thumbnailer.leftovers import remove_files_older_than
 from thumbnailer.logging import get_logger
-from thumbnailer.records import NewImage, Status
+from thumbnailer.records import NewImage, NewSource, Original, Status
 from thumbnailer.repo import Repo, RepoUnavailable
 from thumbnailer.store import Store, StoreError, original_key
 
@@ -39,6 +40,7 @@ class Spooled:
     path: Path
     size: int
     filename: str | None
+    fields: Mapping[str, str] = field(default_factory=dict)  # the form's small text fields
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,11 @@ class Ingest:
             raise StorageFull(free)
 
     async def __call__(
-        self, spooled: Spooled, request_id: str | None, owner: str | None = None
+        self,
+        spooled: Spooled,
+        request_id: str | None,
+        owner: str | None = None,
+        callback_url: str | None = None,
     ) -> Accepted:
         """Raises imaging.ImagingError (not an image we take), StoreError, RepoUnavailable.
 
@@ -108,7 +114,7 @@ class Ingest:
         await self.store.put_file(key, spooled.path, info.media_type)
         row = NewImage(
             image_id, key, spooled.filename, info.media_type, info.width, info.height,
-            spooled.size, request_id, owner,
+            spooled.size, request_id, owner, callback_url,
         )  # fmt: skip
         await self._record(row)
         metrics.UPLOAD_BYTES.inc(spooled.size)
@@ -116,6 +122,45 @@ class Ingest:
         status = await self._enqueue(Job.thumbnails(image_id, request_id))
         log.info("image_accepted", image_id=str(image_id), bytes=spooled.size, format=info.format)
         return Accepted(image_id, status, info)
+
+    async def submit_url(
+        self,
+        url: str,
+        request_id: str | None,
+        owner: str | None = None,
+        callback_url: str | None = None,
+    ) -> tuple[uuid.UUID, Status]:
+        """A row for an image at `url` and its fetch job; the worker fetches and `adopt`s it."""
+        image_id = uuid.uuid4()
+        await self.repo.add_source(NewSource(image_id, url, request_id, owner, callback_url))
+        status = await self._enqueue(Job(FETCH, image_id, request_id))
+        log.info("url_accepted", image_id=str(image_id))
+        return image_id, status
+
+    async def adopt(self, image_id: uuid.UUID, spooled: Spooled, request_id: str | None) -> None:
+        """Fetched bytes join the upload path: probe -> store -> fill in the row -> thumbnails.
+
+        Raises imaging.ImagingError for what we do not take; a failed publish raises
+        BrokerUnavailable, so the fetch job is retried (and finds the original already stored).
+        """
+        try:
+            info = await self._probe(spooled.path)
+        except BaseException:
+            await discard_spool(spooled.path)
+            raise
+        key = original_key(str(image_id), info.format)
+        await self.store.put_file(key, spooled.path, info.media_type)
+        original = Original(
+            key, spooled.filename, info.media_type, info.width, info.height, spooled.size
+        )
+        await self.repo.attach_original(image_id, original)
+        metrics.UPLOAD_BYTES.inc(spooled.size)
+        metrics.UPLOAD_SIZE.observe(spooled.size)
+        await self.publish_thumbnails(image_id, request_id)
+        log.info("url_fetched", image_id=str(image_id), bytes=spooled.size, format=info.format)
+
+    async def publish_thumbnails(self, image_id: uuid.UUID, request_id: str | None) -> None:
+        await self.broker.publish(Job.thumbnails(image_id, request_id))
 
     async def _probe(self, path: Path) -> imaging.ImageInfo:
         try:

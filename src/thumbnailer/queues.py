@@ -18,7 +18,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from thumbnailer.broker import DELIVERY_COUNT_HEADER, Job, PoisonMessage, Topology
+from thumbnailer.broker import DELIVERY_COUNT_HEADER, WEBHOOK, Job, PoisonMessage, Topology
 from thumbnailer.config import Settings
 from thumbnailer.repo import Repo
 
@@ -148,9 +148,12 @@ async def requeue(settings: Settings, repo: Repo, only: uuid.UUID | None = None)
                 continue  # left unacked: back in the queue when the channel closes
             if only is not None and job.image_id != only:
                 continue
-            await repo.reopen(job.image_id)
+            if job.kind != WEBHOOK:  # a webhook call never changes its image's status
+                await repo.reopen(job.image_id)
             fresh = Job(job.kind, job.image_id, job.request_id, 0, job.args)
-            await channel.default_exchange.publish(fresh.to_message(), routing_key=topology.queue)
+            await channel.default_exchange.publish(
+                fresh.to_message(), routing_key=topology.queue_for(job.kind)
+            )
             await message.ack()
             sent += 1
     return sent

@@ -57,24 +57,54 @@ class NewImage:
     size_bytes: int
     request_id: str | None
     owner: str | None = None  # the uploader's token subject; None in AUTH_MODE=none
+    callback_url: str | None = None  # POSTed the status once the image is DONE or ERROR
+
+
+@dataclass(frozen=True)
+class NewSource:
+    """An image to be fetched from a URL: a row before its bytes exist."""
+
+    id: uuid.UUID
+    source_url: str
+    request_id: str | None
+    owner: str | None = None
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Original:
+    """What the probe of fetched bytes found, filled into a row made from a URL."""
+
+    key: str
+    filename: str | None
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
 
 
 @dataclass(frozen=True)
 class ImageRecord:
     id: uuid.UUID
     status: Status
-    original_key: str
+    original_key: str | None  # None (like the sizes) until a URL's bytes are fetched
     original_filename: str | None
-    media_type: str
-    width: int
-    height: int
-    size_bytes: int
+    media_type: str | None
+    width: int | None
+    height: int | None
+    size_bytes: int | None
     thumbnails: Mapping[str, ThumbnailEntry]
     error: str | None
     request_id: str | None
     created_at: datetime
     updated_at: datetime
     owner: str | None = None
+    source_url: str | None = None
+    callback_url: str | None = None
+
+    @property
+    def awaiting_fetch(self) -> bool:
+        return self.original_key is None and self.source_url is not None
 
     @property
     def finished(self) -> bool:

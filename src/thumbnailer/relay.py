@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from thumbnailer import metrics
-from thumbnailer.broker import Broker, BrokerUnavailable, Job
+from thumbnailer.broker import FETCH, Broker, BrokerUnavailable, Job
 from thumbnailer.logging import get_logger
 from thumbnailer.repo import Repo, RepoUnavailable
 
@@ -31,9 +31,15 @@ class Relay:
             return 0
         claimed = await self.repo.claim_stale(self.interval, self.processing_timeout)
         sent = 0
-        for image_id, request_id in claimed:
+        for image_id, request_id, needs_fetch in claimed:
+            # A row made from a URL that was never fetched has no original to make thumbnails of.
+            job = (
+                Job(FETCH, image_id, request_id)
+                if needs_fetch
+                else Job.thumbnails(image_id, request_id)
+            )
             try:
-                await self.broker.publish(Job.thumbnails(image_id, request_id))
+                await self.broker.publish(job)
             except BrokerUnavailable as exc:
                 log.warning("relay_publish_failed", image_id=str(image_id), error=str(exc))
                 break

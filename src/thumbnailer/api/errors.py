@@ -107,6 +107,10 @@ def insufficient_storage(free: int) -> ApiError:
     )
 
 
+def url_not_allowed(reason: str) -> ApiError:
+    return ApiError(422, "url_not_allowed", reason)
+
+
 def image_not_found(image_id: uuid.UUID) -> ApiError:
     return ApiError(404, "image_not_found", f"no image with id {image_id}")
 

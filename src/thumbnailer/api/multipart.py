@@ -30,6 +30,9 @@ MAX_FILENAME_CHARS = 255
 WRITE_BATCH_BYTES = 1024 * 1024
 # Room for the multipart framing and the small form fields beside the file.
 FORM_ALLOWANCE = 64 * 1024
+# Text fields kept beside the file (anything else is ignored, as before).
+TEXT_FIELDS = frozenset({"callback_url"})
+MAX_FIELD_BYTES = 4096
 
 
 @dataclass
@@ -45,10 +48,13 @@ class _PartState:
     file_parts: int = 0
     filename: str | None = None
     pending: list[bytes] = field(default_factory=list)
+    text_field: str | None = None
+    fields: dict[str, bytearray] = field(default_factory=dict)
 
     def on_part_begin(self) -> None:
         self.headers = {}
         self.in_file = False
+        self.text_field = None
         self.parts += 1
         if self.parts > self.max_parts:
             raise TooManyParts(self.max_parts)
@@ -71,13 +77,31 @@ class _PartState:
             self.file_parts += 1
             raw = options.get(b"filename")
             self.filename = clean_filename(raw.decode("utf-8", "replace")) if raw else None
+        elif (name := options.get(b"name", b"").decode("latin-1")) in TEXT_FIELDS:
+            self.text_field = name
+            self.fields[name] = bytearray()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file and self.file_parts == 1:
             self.pending.append(data[start:end])
+        elif self.text_field is not None:
+            value = self.fields[self.text_field]
+            value += data[start:end]
+            if len(value) > MAX_FIELD_BYTES:
+                raise FieldTooLong(self.text_field)
+
+    def text_fields(self) -> dict[str, str]:
+        return {
+            name: bytes(value).decode("utf-8", "replace") for name, value in self.fields.items()
+        }
 
     def on_part_end(self) -> None:
         self.in_file = False
+
+
+class FieldTooLong(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")
 
 
 class TooManyParts(Exception):
@@ -132,7 +156,7 @@ async def receive_file(
     except TooManyParts as exc:
         await discard_spool(tmp)
         raise errors.too_many_parts(exc.limit) from exc
-    except MultipartParseError as exc:
+    except (MultipartParseError, FieldTooLong) as exc:
         await discard_spool(tmp)
         raise errors.malformed_multipart(exc) from exc
     except OSError as exc:
@@ -144,7 +168,7 @@ async def receive_file(
     if state.file_parts != 1:
         await discard_spool(tmp)
         raise errors.file_parts(state.file_parts)
-    return Spooled(path=tmp, size=size, filename=state.filename)
+    return Spooled(path=tmp, size=size, filename=state.filename, fields=state.text_fields())
 
 
 async def _stream_to(

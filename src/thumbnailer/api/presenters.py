@@ -19,7 +19,8 @@ def present(row: ImageRecord, base: str, boxes: list[tuple[int, int]], store: St
     return ImageOut(
         id=row.id,
         status=row.status,
-        original_url=store.url(row.original_key, base),
+        original_url=store.url(row.original_key, base) if row.original_key else None,
+        source_url=row.source_url,
         thumbnails=thumbnails,
         error=row.error,
         filename=row.original_filename,
@@ -38,7 +39,8 @@ def etag(row: ImageRecord, base: str, store: Store) -> str:
     The original's URL stands for all of them: it carries the base and, for private files, the
     signature window, so a client never keeps a 304'd copy whose URLs have expired.
     """
-    seed = f"{row.status}|{row.updated_at.isoformat()}|{store.url(row.original_key, base)}"
+    original = store.url(row.original_key, base) if row.original_key else ""
+    seed = f"{row.status}|{row.updated_at.isoformat()}|{original}"
     return f'W/"{hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()}"'
 
 

@@ -20,17 +20,20 @@ class UploadAccepted(BaseModel):
 class ImageOut(BaseModel):
     id: uuid.UUID
     status: Status
-    original_url: str
+    original_url: str | None = Field(
+        description="The stored original; null while an image given by URL is being fetched."
+    )
     thumbnails: dict[str, str | None] = Field(
         description="URL per box label (e.g. `300x300`); null until the image is DONE.",
         examples=[{"100x100": "http://host/files/thumbnails/ab/id/100x100.jpg"}],
     )
     error: str | None = Field(None, description="Why processing failed, when status is ERROR.")
     filename: str | None = Field(None, description="The client's file name, for display only.")
-    media_type: str
-    width: int
-    height: int
-    size_bytes: int
+    media_type: str | None
+    width: int | None
+    height: int | None
+    size_bytes: int | None
+    source_url: str | None = Field(None, description="The URL an image was fetched from.")
     created_at: datetime
     updated_at: datetime
 

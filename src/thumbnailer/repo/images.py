@@ -33,6 +33,8 @@ from thumbnailer.records import (
     OPEN,
     ImageRecord,
     NewImage,
+    NewSource,
+    Original,
     Status,
     ThumbnailEntry,
 )
@@ -83,6 +85,24 @@ _TO_PROCESSING = _transition_statement((Status.NEW,), "status")
 _TO_DONE = _transition_statement(OPEN, "status", "thumbnails")
 _TO_ERROR = _transition_statement(OPEN, "status", "error")
 _REOPEN = _transition_statement((Status.ERROR,), "status", "error")
+_ATTACH = (
+    update(ImageRow)
+    .where(
+        ImageRow.id == bindparam("image_id"),
+        ImageRow.status.in_(OPEN),
+        ImageRow.original_key.is_(None),
+    )
+    .values(
+        original_key=bindparam("key"),
+        original_filename=func.coalesce(ImageRow.original_filename, bindparam("filename")),
+        media_type=bindparam("media_type"),
+        width=bindparam("width"),
+        height=bindparam("height"),
+        size_bytes=bindparam("size_bytes"),
+        updated_at=func.now(),
+    )
+    .returning(ImageRow.id)
+)
 
 
 def _record(row: Row[Any]) -> ImageRecord:
@@ -105,6 +125,8 @@ def _record(row: Row[Any]) -> ImageRecord:
         created_at=values["created_at"],
         updated_at=values["updated_at"],
         owner=values["owner"],
+        source_url=values["source_url"],
+        callback_url=values["callback_url"],
     )
 
 
@@ -154,10 +176,38 @@ class Repo:
             "size_bytes": new.size_bytes,
             "request_id": new.request_id,
             "owner": new.owner,
+            "callback_url": new.callback_url,
         }
         # Core, not the ORM: the unit of work costs more CPU than the INSERT on the upload path.
         async with self._autocommit() as conn:
             await conn.execute(_INSERT, values)
+
+    async def add_source(self, new: NewSource) -> None:
+        """A row for an image still to be fetched from `source_url`; the fetch fills it in."""
+        values = {
+            "id": new.id,
+            "status": Status.NEW.value,
+            "source_url": new.source_url,
+            "request_id": new.request_id,
+            "owner": new.owner,
+            "callback_url": new.callback_url,
+        }
+        async with self._autocommit() as conn:
+            await conn.execute(_INSERT, values)
+
+    async def attach_original(self, image_id: uuid.UUID, original: Original) -> bool:
+        """The fetched bytes' key and probe, once: a row already holding an original keeps it."""
+        params = {
+            "image_id": image_id,
+            "key": original.key,
+            "filename": original.filename,
+            "media_type": original.media_type,
+            "width": original.width,
+            "height": original.height,
+            "size_bytes": original.size_bytes,
+        }
+        async with self._autocommit() as conn:
+            return (await conn.execute(_ATTACH, params)).first() is not None
 
     async def get(self, image_id: uuid.UUID) -> ImageRecord | None:
         async with self._autocommit() as conn:
@@ -214,8 +264,9 @@ class Repo:
 
     async def claim_stale(
         self, new_after: float, processing_after: float, limit: int = 100
-    ) -> list[tuple[uuid.UUID, str | None]]:
-        """Rows whose job may never have reached the broker (or was lost), oldest first.
+    ) -> list[tuple[uuid.UUID, str | None, bool]]:
+        """Rows whose job may never have reached the broker (or was lost), oldest first:
+        (id, request_id, whether its bytes are still to be fetched from its URL).
 
         Claiming bumps `updated_at`, a lease: another relay skips them (SKIP LOCKED now, the age
         test later) until the lease runs out, and a row whose publish fails comes round again.
@@ -239,10 +290,10 @@ class Repo:
             update(ImageRow)
             .where(ImageRow.id.in_(pick.scalar_subquery()))
             .values(updated_at=now)
-            .returning(ImageRow.id, ImageRow.request_id)
+            .returning(ImageRow.id, ImageRow.request_id, ImageRow.original_key.is_(None))
         )
         async with self._transaction() as conn:
-            return [(row.id, row.request_id) for row in await conn.execute(claim)]
+            return [(row[0], row[1], bool(row[2])) for row in await conn.execute(claim)]
 
     async def count_by_status(self) -> dict[str, int]:
         stmt = select(ImageRow.status, func.count()).group_by(ImageRow.status)

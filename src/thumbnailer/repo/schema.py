@@ -37,16 +37,22 @@ class ImageRow(Base):
         Index("ix_images_status_updated_at", "status", "updated_at"),
         Index("ix_images_created_at_id", "created_at", "id"),
         Index("ix_images_owner_created_at_id", "owner", "created_at", "id"),
+        CheckConstraint(
+            "original_key IS NOT NULL OR source_url IS NOT NULL", name="images_original_or_source"
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
-    original_key: Mapped[str] = mapped_column(Text, nullable=False)
+    # NULL while a row made from a URL waits for its fetch (then the probe fills them in).
+    original_key: Mapped[str | None] = mapped_column(Text)
     original_filename: Mapped[str | None] = mapped_column(Text)
-    media_type: Mapped[str] = mapped_column(String(64), nullable=False)
-    width: Mapped[int] = mapped_column(Integer, nullable=False)
-    height: Mapped[int] = mapped_column(Integer, nullable=False)
-    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    media_type: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    source_url: Mapped[str | None] = mapped_column(Text)  # where a URL ingest fetches from
+    callback_url: Mapped[str | None] = mapped_column(Text)  # POSTed the status on DONE/ERROR
     thumbnails: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )

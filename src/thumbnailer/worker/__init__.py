@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
 from thumbnailer.decode_budget import MemoryBudget
+from thumbnailer.fetch import FetchFailed, Policy, check_url
 from thumbnailer.imaging_subprocess import DecodeRunner
 from thumbnailer.logging import get_logger
 from thumbnailer.repo import Repo
@@ -17,7 +18,18 @@ from thumbnailer.worker.loop import Worker
 log = get_logger("thumbnailer.worker")
 
 
+async def check_webhook_url(settings: Settings) -> None:
+    """Say at start, not at the first DONE, that the guard will refuse WEBHOOK_URL."""
+    if not settings.webhook_url:
+        return
+    try:
+        await check_url(settings.webhook_url, Policy.of(settings.url_fetch_allowed_hosts), 5.0)
+    except FetchFailed as exc:
+        log.error("webhook_url_not_allowed", reason=exc.reason)
+
+
 async def run_worker(settings: Settings) -> None:
+    await check_webhook_url(settings)
     topology = Topology.from_settings(settings)
     repo = Repo.connect(settings.database_url, settings.database_pool_size)
     broker = Broker(settings.rabbitmq_url, topology)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import structlog
 import uvicorn
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from thumbnailer import metrics, worker_http
 from thumbnailer.broker import Broker, BrokerUnavailable, Job, PoisonMessage
@@ -74,14 +74,30 @@ class Worker:
         channel = await self.broker.channel()
         await channel.set_qos(prefetch_count=self.settings.worker_concurrency)
         queue = await self.topology.work_queue(channel)
-        consumer_tag = await queue.consume(self._on_message)
+        consumers = [(queue, await queue.consume(self._on_message))]
+        consumers += await self._consume_lanes()
         self.consuming = True
         log.info("worker_started", queue=self.topology.queue, concurrency=self.concurrency)
         await self.stopping.wait()
         self.consuming = False
-        with contextlib.suppress(Exception):
-            await queue.cancel(consumer_tag)
+        for consumed, consumer_tag in consumers:
+            with contextlib.suppress(Exception):
+                await consumed.cancel(consumer_tag)
         await self._drain()
+
+    async def _consume_lanes(self) -> list[tuple[AbstractQueue, str]]:
+        """Each lane on a channel of its own: its prefetch never takes an image job's slot."""
+        prefetch = {
+            "webhooks": self.settings.webhook_concurrency,
+            "fetches": self.settings.url_fetch_concurrency,
+        }
+        consumers = []
+        for lane, name in self.topology.lane_queues.items():
+            channel = await self.broker.channel()
+            await channel.set_qos(prefetch_count=prefetch.get(lane, self.concurrency))
+            queue = await channel.declare_queue(name, passive=True)
+            consumers.append((queue, await queue.consume(self._on_message)))
+        return consumers
 
     @property
     def concurrency(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from thumbnailer.broker import BrokerUnavailable, PoisonMessage
+from thumbnailer.fetch import SourceUnavailable
 from thumbnailer.repo import RepoUnavailable
 from thumbnailer.store import StoreError
 
@@ -18,6 +19,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     StoreError,
     OSError,
     BrokerUnavailable,
+    SourceUnavailable,  # a webhook receiver down or refusing; URL ingest settles its own
 )
 
 
@@ -74,6 +76,8 @@ def what_failed(exc: BaseException) -> str:
         return "storage was unavailable"
     if isinstance(exc, BrokerUnavailable):
         return "the message broker was unavailable"
+    if isinstance(exc, SourceUnavailable):
+        return f"the remote end failed: {exc.reason}"
     if isinstance(exc, OSError):
         return "a file or network operation failed"
     return "an internal error; the worker's log has the details"

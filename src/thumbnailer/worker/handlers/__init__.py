@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from thumbnailer.worker.handlers.base import Context, Handler, Result
+from thumbnailer.worker.handlers.fetch import FetchHandler
 from thumbnailer.worker.handlers.thumbnails import ThumbnailHandler
+from thumbnailer.worker.handlers.webhook import WebhookHandler
 
-HANDLERS: tuple[Callable[[Context], Handler], ...] = (ThumbnailHandler,)
+HANDLERS: tuple[Callable[[Context], Handler], ...] = (
+    ThumbnailHandler,
+    FetchHandler,
+    WebhookHandler,
+)
 
 
 def build_handlers(

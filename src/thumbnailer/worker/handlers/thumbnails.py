@@ -21,6 +21,7 @@ from thumbnailer.records import ImageRecord, ThumbnailEntry
 from thumbnailer.store import thumbnail_key
 from thumbnailer.worker.handlers.base import Context, Result
 from thumbnailer.worker.outcomes import observe_stages
+from thumbnailer.worker.webhooks import Webhooks
 
 log = get_logger("thumbnailer.worker")
 T = TypeVar("T")
@@ -31,30 +32,40 @@ class ThumbnailHandler:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.webhooks = Webhooks(ctx)
 
     async def run(self, job: Job) -> Result:
         row = await self.ctx.repo.get(job.image_id)
         if row is None:
             raise PoisonMessage(f"no image with id {job.image_id}")
         if row.finished:
+            # Delivered again after it finished: its webhook calls may not have gone out.
+            await self.webhooks.announce(row)
             return Result("skipped", {"status": row.status})
+        if row.original_key is None:
+            # Its fetch job has not stored the bytes yet; the relay republishes it as a fetch.
+            raise PoisonMessage(f"image {job.image_id} has no original yet")
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
             entries = await self._make(row, timings)
         except (imaging.ImagingError, OverBudget) as exc:
-            await self.ctx.repo.mark_error(row.id, str(exc))
+            if await self.ctx.repo.mark_error(row.id, str(exc)):
+                await self.webhooks.announce(row)
             return Result("error", {"reason": str(exc)})
         finally:
             observe_stages(timings)
-        await self.ctx.repo.mark_done(row.id, entries)
+        if await self.ctx.repo.mark_done(row.id, entries):
+            await self.webhooks.announce(row)
         return Result("done", {"duration_ms": round((time.perf_counter() - started) * 1000, 1)})
 
     async def give_up(self, job: Job, reason: str) -> None:
-        await self.ctx.repo.mark_error(job.image_id, reason)
+        if await self.ctx.repo.mark_error(job.image_id, reason):
+            await self.webhooks.announce_by_id(job.image_id)
 
     async def _make(self, row: ImageRecord, timings: dict[str, float]) -> dict[str, ThumbnailEntry]:
         started = time.perf_counter()
+        assert row.original_key is not None  # checked in run()
         source = await self.ctx.store.read(row.original_key)
         timings["read"] = time.perf_counter() - started
         need = await self._in_pool(self._estimate, source)
