@@ -19,6 +19,7 @@ FORMATS: dict[str, Format] = {
         Format("PNG", "image/png", "png"),
         Format("WEBP", "image/webp", "webp"),
         Format("GIF", "image/gif", "gif"),
+        Format("AVIF", "image/avif", "avif"),
     )
 }
 MEDIA_TYPES = {name: f.media_type for name, f in FORMATS.items()}

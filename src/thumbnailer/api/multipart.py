@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
+# The small text fields read beside the file (the variant an upload asks for); others are
+# ignored as before.
+TEXT_FIELDS = frozenset({"transformations", "width", "height", "preserve_ratio"})
+MAX_TEXT_FIELD_BYTES = 1024
 MAX_FILENAME_CHARS = 255
 WRITE_BATCH_BYTES = 1024 * 1024
 # Room for the multipart framing and the small form fields beside the file.
@@ -45,10 +49,13 @@ class _PartState:
     file_parts: int = 0
     filename: str | None = None
     pending: list[bytes] = field(default_factory=list)
+    text_field: str | None = None
+    texts: dict[str, bytearray] = field(default_factory=dict)
 
     def on_part_begin(self) -> None:
         self.headers = {}
         self.in_file = False
+        self.text_field = None
         self.parts += 1
         if self.parts > self.max_parts:
             raise TooManyParts(self.max_parts)
@@ -71,13 +78,38 @@ class _PartState:
             self.file_parts += 1
             raw = options.get(b"filename")
             self.filename = clean_filename(raw.decode("utf-8", "replace")) if raw else None
+            return
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name in TEXT_FIELDS:
+            if name in self.texts:
+                raise FieldProblem(f"the field {name!r} is sent more than once")
+            self.text_field = name
+            self.texts[name] = bytearray()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file and self.file_parts == 1:
             self.pending.append(data[start:end])
+        elif self.text_field is not None:
+            text = self.texts[self.text_field]
+            text += data[start:end]
+            if len(text) > MAX_TEXT_FIELD_BYTES:
+                raise FieldProblem(
+                    f"the field {self.text_field!r} is longer than {MAX_TEXT_FIELD_BYTES} bytes"
+                )
 
     def on_part_end(self) -> None:
         self.in_file = False
+        self.text_field = None
+
+    def text_fields(self) -> dict[str, str]:
+        try:
+            return {name: bytes(value).decode("utf-8") for name, value in self.texts.items()}
+        except UnicodeDecodeError as exc:
+            raise FieldProblem("a form field is not UTF-8 text") from exc
+
+
+class FieldProblem(Exception):
+    """A text field we read that cannot be taken (repeated, too long, not text)."""
 
 
 class TooManyParts(Exception):
@@ -108,10 +140,24 @@ def declared_length(request: Request) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class ReceivedForm:
+    spooled: Spooled
+    fields: dict[str, str]  # the TEXT_FIELDS that were sent
+
+
 async def receive_file(
     request: Request, spool: Path, max_size: int, max_parts: int = 16
 ) -> Spooled:
-    """Stream field `file` into a new file under `spool`; ingest consumes it.
+    """Stream field `file` into a new file under `spool`; ingest consumes it."""
+    return (await receive_form(request, spool, max_size, max_parts)).spooled
+
+
+async def receive_form(
+    request: Request, spool: Path, max_size: int, max_parts: int = 16
+) -> ReceivedForm:
+    """Stream field `file` into a new file under `spool` (ingest consumes it) and keep the
+    small TEXT_FIELDS beside it.
 
     Every byte of the body counts: the file against `max_size`, the whole body against
     `max_size` plus a small allowance for framing and other fields.
@@ -132,6 +178,9 @@ async def receive_file(
     except TooManyParts as exc:
         await discard_spool(tmp)
         raise errors.too_many_parts(exc.limit) from exc
+    except FieldProblem as exc:
+        await discard_spool(tmp)
+        raise errors.invalid_transformations(str(exc)) from exc
     except MultipartParseError as exc:
         await discard_spool(tmp)
         raise errors.malformed_multipart(exc) from exc
@@ -144,7 +193,12 @@ async def receive_file(
     if state.file_parts != 1:
         await discard_spool(tmp)
         raise errors.file_parts(state.file_parts)
-    return Spooled(path=tmp, size=size, filename=state.filename)
+    try:
+        fields = state.text_fields()
+    except FieldProblem as exc:
+        await discard_spool(tmp)
+        raise errors.invalid_transformations(str(exc)) from exc
+    return ReceivedForm(Spooled(path=tmp, size=size, filename=state.filename), fields)
 
 
 async def _stream_to(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from thumbnailer.config import Settings
 from thumbnailer.store.base import Store, StoreError
-from thumbnailer.store.keys import original_key, thumbnail_key
+from thumbnailer.store.keys import original_key, thumbnail_key, variant_key, variant_prefix
 from thumbnailer.store.local import LocalStore
 from thumbnailer.store.signing import UrlSigner
 
@@ -50,4 +50,6 @@ __all__ = [
     "original_key",
     "s3_store",
     "thumbnail_key",
+    "variant_key",
+    "variant_prefix",
 ]

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 from thumbnailer.worker.handlers.base import Context, Handler, Result
 from thumbnailer.worker.handlers.thumbnails import ThumbnailHandler
+from thumbnailer.worker.handlers.variant import VariantHandler
 
-HANDLERS: tuple[Callable[[Context], Handler], ...] = (ThumbnailHandler,)
+HANDLERS: tuple[Callable[[Context], Handler], ...] = (ThumbnailHandler, VariantHandler)
 
 
 def build_handlers(
