@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from PIL import (
+    AvifImagePlugin,
     GifImagePlugin,
     Image,
     ImageCms,
@@ -59,6 +60,7 @@ from PIL import (
     WebPImagePlugin,
     _webp,
 )
+from pillow_heif.as_plugin import HeifImageFile
 
 from thumbnailer import decode_budget
 from thumbnailer.formats import EXTENSIONS, MEDIA_TYPES
@@ -71,7 +73,17 @@ PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
     "PNG": PngImagePlugin.PngImageFile,
     "WEBP": WebPImagePlugin.WebPImageFile,
     "GIF": GifImagePlugin.GifImageFile,
+    "AVIF": AvifImagePlugin.AvifImageFile,
+    # pillow-heif's plugin class, used directly: its register_heif_opener would change
+    # Pillow's process-wide registry.
+    "HEIF": HeifImageFile,
 }
+# ISO-BMFF brands (the ftyp box) of the two HEIF-family formats we read. AVIF goes to
+# Pillow's own decoder (libavif), HEIC (HEVC inside) to libheif through pillow-heif.
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+GENERIC_BRANDS = frozenset({b"mif1", b"msf1"})
+SNIFF_BYTES = 64
 ORIENTATION_TAG = 0x0112
 TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -131,7 +143,7 @@ class ImagingError(Exception):
 
 
 class UnsupportedImage(ImagingError):
-    """The content is not a JPEG, PNG, WebP or GIF image."""
+    """The content is not a JPEG, PNG, WebP, GIF, AVIF or HEIF image."""
 
 
 class ImageTooLarge(ImagingError):
@@ -389,7 +401,7 @@ def fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
 
 
 def sniff(head: bytes) -> str | None:
-    """The format a file's first bytes announce, among the four we accept."""
+    """The format a file's first bytes (SNIFF_BYTES of them) announce, among those we accept."""
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -398,6 +410,22 @@ def sniff(head: bytes) -> str | None:
         return "GIF"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[4:8] == b"ftyp":
+        return _sniff_ftyp(head)
+    return None
+
+
+def _sniff_ftyp(head: bytes) -> str | None:
+    """AVIF or HEIF by the ftyp box's major brand, or for the generic image brands (mif1,
+    msf1) by the compatible brands listed after it."""
+    size = int.from_bytes(head[:4], "big")
+    major = head[8:12]
+    compatible = {head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    brands = {major} | (compatible if major in GENERIC_BRANDS else set())
+    if brands & AVIF_BRANDS:
+        return "AVIF"
+    if brands & HEIF_BRANDS:
+        return "HEIF"
     return None
 
 
@@ -411,9 +439,9 @@ def _opened(source: Path | bytes) -> Iterator[ImageFile.ImageFile]:
             if isinstance(source, bytes)
             else stack.enter_context(source.open("rb"))
         )
-        fmt = sniff(stream.read(16))
+        fmt = sniff(stream.read(SNIFF_BYTES))
         if fmt is None:
-            raise UnsupportedImage("not a JPEG, PNG, WebP or GIF image")
+            raise UnsupportedImage("not a JPEG, PNG, WebP, GIF, AVIF or HEIF image")
         stream.seek(0)
         try:
             with PLUGINS[fmt](stream) as image:
@@ -469,7 +497,7 @@ def _mb(value: int) -> str:
 
 def _probe(source: Path | bytes, max_pixels: int, max_scans: int) -> ImageInfo:
     with _bytes_of(source) as data:
-        if sniff(data[:16]) == "WEBP":
+        if sniff(data[:SNIFF_BYTES]) == "WEBP":
             return _probe_webp(data, max_pixels)
     with _opened(source) as image:
         _check_pixels(image, max_pixels)
