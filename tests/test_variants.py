@@ -344,3 +344,19 @@ async def test_malformed_transformations_are_422_and_nothing_is_stored(
     assert not list(settings.spool_path.iterdir())
     originals = settings.storage_path / "originals"
     assert not originals.exists() or not any(originals.rglob("*.*"))
+
+
+async def test_a_variant_whose_original_is_gone_ends_error_at_once(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async with worker_for(settings):
+        image_id = await upload(client, jpeg_bytes(120, 80))
+        image = await finished(client, f"/images/{image_id}")
+        assert image["status"] == "DONE"
+        for original in (settings.storage_path / "originals").rglob(f"{image_id}.*"):
+            original.unlink()
+        asked = await client.post(f"/images/{image_id}/variants", json={"width": 60})
+        variant = await finished(client, asked.headers["location"])
+        assert variant["status"] == "ERROR"
+        assert variant["error"] == "the image's original is no longer stored"
+        assert (await client.get(f"/images/{image_id}")).json()["status"] == "DONE"

@@ -17,7 +17,7 @@ import aiofiles
 import aiofiles.os
 from starlette.types import ASGIApp
 
-from thumbnailer.store.base import StoreError
+from thumbnailer.store.base import ObjectMissing, StoreError
 from thumbnailer.store.local_files import ImmutableFiles
 from thumbnailer.store.signing import UrlSigner
 
@@ -87,6 +87,8 @@ class LocalStore:
         try:
             async with aiofiles.open(self._path(key), "rb") as f:
                 return await f.read()
+        except FileNotFoundError as exc:
+            raise ObjectMissing(f"could not read {key}: {exc.strerror or exc}") from exc
         except OSError as exc:
             raise StoreError(f"could not read {key}: {exc.strerror or exc}") from exc
 

@@ -21,7 +21,7 @@ from thumbnailer.broker import VARIANT, Job, PoisonMessage
 from thumbnailer.decode_budget import OverBudget
 from thumbnailer.logging import get_logger
 from thumbnailer.records import VariantRecord
-from thumbnailer.store import variant_key
+from thumbnailer.store import ObjectMissing, variant_key
 from thumbnailer.variant_spec import SpecError, VariantSpec
 from thumbnailer.worker.handlers.base import Context, Result
 from thumbnailer.worker.outcomes import observe_stages
@@ -49,8 +49,10 @@ class VariantHandler:
             spec = VariantSpec.from_json(variant.spec)
             made = await self._make(image.original_key, spec, timings)
         except (imaging.ImagingError, OverBudget, SpecError) as exc:
-            await self.ctx.repo.variants.mark_error(variant.id, str(exc))
-            return Result("error", {"reason": str(exc), "variant_id": str(variant.id)})
+            return await self._failed(variant, str(exc))
+        except ObjectMissing:
+            # The image's row outlived its original (deleted, or lost): no retry brings it back.
+            return await self._failed(variant, "the image's original is no longer stored")
         finally:
             observe_stages(timings)
         key = variant_key(str(image.id), str(variant.id), made.format)
@@ -67,6 +69,10 @@ class VariantHandler:
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
+
+    async def _failed(self, variant: VariantRecord, reason: str) -> Result:
+        await self.ctx.repo.variants.mark_error(variant.id, reason)
+        return Result("error", {"reason": reason, "variant_id": str(variant.id)})
 
     async def give_up(self, job: Job, reason: str) -> None:
         variant_id = _variant_id(job)
