@@ -25,6 +25,8 @@ from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
 from thumbnailer.decode_budget import MemoryBudget
 from thumbnailer.imaging_subprocess import DecodeRunner
+from thumbnailer.records import NewImage
+from thumbnailer.relay import Relay
 from thumbnailer.repo import Repo
 from thumbnailer.store import open_store
 from thumbnailer.worker import Worker
@@ -360,3 +362,45 @@ async def test_a_variant_whose_original_is_gone_ends_error_at_once(
         assert variant["status"] == "ERROR"
         assert variant["error"] == "the image's original is no longer stored"
         assert (await client.get(f"/images/{image_id}")).json()["status"] == "DONE"
+
+
+async def test_the_relay_publishes_a_variant_whose_job_never_left(settings: Settings) -> None:
+    """A variant row left NEW (its publish failed) is published by the relay, as images are."""
+    repo = Repo.connect(settings.database_url, 2)
+    broker = Broker(settings.rabbitmq_url, Topology.from_settings(settings))
+    await broker.connect()
+    try:
+        image_id, variant_id = uuid.uuid4(), uuid.uuid4()
+        await repo.add(NewImage(image_id, "originals/x.jpg", None, "image/jpeg", 10, 10, 100, None))
+        await repo.mark_processing(image_id)  # the image's own job is not the point here
+        await repo.mark_done(image_id, {})
+        created, new = await repo.variants.create(variant_id, image_id, {"width": 5}, "req", 5)
+        assert new
+        assert created.status == "NEW"
+        relay = Relay(repo, broker, interval=0.2, processing_timeout=600)
+        await asyncio.sleep(0.5)
+        assert await relay.sweep() == 1
+        variant = await repo.variants.get(variant_id)
+        assert variant is not None and variant.status == "PROCESSING"  # noqa: PT018
+        jobs = await queued(settings)
+        assert [(j["kind"], j["image_id"], j["args"]) for j in jobs] == [
+            ("variant", str(image_id), {"variant_id": str(variant_id)})
+        ]
+        assert await relay.sweep() == 0  # leased: not again before the timeout
+    finally:
+        await broker.close()
+        await repo.close()
+
+
+async def test_the_image_etag_changes_with_its_variants(client: httpx.AsyncClient) -> None:
+    image_id = await upload(client, jpeg_bytes(64, 64))
+    before = await client.get(f"/images/{image_id}")
+    tag = before.headers["etag"]
+    assert (
+        await client.get(f"/images/{image_id}", headers={"If-None-Match": tag})
+    ).status_code == 304
+    await client.post(f"/images/{image_id}/variants", json={"width": 10})
+    after = await client.get(f"/images/{image_id}", headers={"If-None-Match": tag})
+    assert after.status_code == 200
+    assert after.headers["etag"] != tag
+    assert len(after.json()["variants"]) == 1
