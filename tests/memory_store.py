@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp
 
-from thumbnailer.store import StoreError
+from thumbnailer.store import ObjectMissing, StoreError
 
 
 class MemoryStore:
@@ -43,7 +43,7 @@ class MemoryStore:
         try:
             return self.objects[key][0]
         except KeyError:
-            raise StoreError(f"could not read {key}: no such object") from None
+            raise ObjectMissing(f"could not read {key}: no such object") from None
 
     async def delete(self, key: str) -> None:
         self.objects.pop(key, None)

@@ -18,7 +18,14 @@ from starlette.routing import Mount
 from tests.memory_store import MemoryStore
 from tests.s3_server import MotoServer
 from tests.support import jpeg_bytes
-from thumbnailer.store import LocalStore, Store, StoreError, original_key, thumbnail_key
+from thumbnailer.store import (
+    LocalStore,
+    ObjectMissing,
+    Store,
+    StoreError,
+    original_key,
+    thumbnail_key,
+)
 from thumbnailer.store.s3 import S3Store
 
 # (scratch directory, the test's request: for fixtures a backend needs) -> a store to test
@@ -94,6 +101,8 @@ async def test_put_file_of_a_missing_file_is_a_store_error(store: Store, tmp_pat
 
 async def test_reading_a_missing_key_is_a_store_error(store: Store) -> None:
     with pytest.raises(StoreError):
+        await store.read(original_key(IMAGE_ID, "PNG"))
+    with pytest.raises(ObjectMissing):  # and says so, for callers that know it should exist
         await store.read(original_key(IMAGE_ID, "PNG"))
 
 

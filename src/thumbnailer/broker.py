@@ -158,6 +158,7 @@ class Topology:
 
 
 THUMBNAILS = "thumbnails"
+VARIANT = "variant"
 FETCH = "fetch"  # download a URL's bytes, then ingest them like an upload
 WEBHOOK = "webhook"  # POST an image's final status to a receiver
 # Job kinds with a work queue of their own (kind -> lane), consumed apart from image work.
@@ -186,13 +187,23 @@ class Job:
     def thumbnails(cls, image_id: uuid.UUID, request_id: str | None = None) -> Job:
         return cls(THUMBNAILS, image_id, request_id)
 
+    @classmethod
+    def variant(
+        cls, image_id: uuid.UUID, variant_id: uuid.UUID, request_id: str | None = None
+    ) -> Job:
+        return cls(VARIANT, image_id, request_id, args={"variant_id": str(variant_id)})
+
     def next_attempt(self) -> Job:
         return replace(self, attempt=self.attempt + 1, delivery=0)
 
     @property
     def message_id(self) -> str:
         # Thumbnail jobs keep the bare image id they always had: one id per image's job.
-        return str(self.image_id) if self.kind == THUMBNAILS else f"{self.kind}:{self.image_id}"
+        if self.kind == THUMBNAILS:
+            return str(self.image_id)
+        if self.kind == VARIANT and "variant_id" in self.args:
+            return f"{self.kind}:{self.args['variant_id']}"  # one image, many variants
+        return f"{self.kind}:{self.image_id}"
 
     def to_message(self) -> aio_pika.Message:
         body: dict[str, Any] = {"v": JOB_VERSION, "kind": self.kind, "image_id": str(self.image_id)}

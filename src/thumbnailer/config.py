@@ -132,7 +132,26 @@ class Settings(BaseSettings):
         default_factory=lambda: [100, 300, 1200],
         description="Square boxes the thumbnails must fit in, comma-separated.",
     )
-    jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of JPEG thumbnails.")
+    jpeg_quality: int = Field(
+        85, ge=1, le=100, description="Quality of the thumbnails (JPEG, WebP or AVIF)."
+    )
+    thumbnail_format: Literal["auto", "webp", "avif"] = Field(
+        "auto",
+        description="Format of the standard thumbnails: auto is JPEG (WebP when the alpha is "
+        "used), webp or avif for every image.",
+    )
+    max_variant_size: int = Field(
+        4096,
+        ge=1,
+        description="Longest side a variant may ask for; more is refused (422) so one request "
+        "cannot book a huge encode.",
+    )
+    max_variants_per_image: int = Field(
+        20,
+        ge=0,
+        description="Variants one image may have; more is refused (422), bounding the rows, "
+        "jobs and files one image can cost.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Lowest level logged."
     )

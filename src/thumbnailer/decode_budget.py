@@ -18,6 +18,11 @@ The model adds up the buffers that are alive at the same time in our pipeline, p
   No scaled decoding exists for PNG, GIF or WebP through Pillow 13 (libwebp has
   `use_scaling`, but `PIL._webp` exposes only the animation decoder, and lossless VP8L keeps
   a full-size ARGB buffer even when scaling).
+  AVIF (libavif through Pillow) and HEIC (libheif through pillow-heif): no scaled decoding;
+  the full-size image, plus the decoder's own copies: its YUV planes and the interleaved
+  RGB(A) it hands over (HEIF_DECODER_BYTES_A_PIXEL, one more a pixel for an alpha plane).
+  Pillow's AVIF plugin keeps its decoder and those bytes until the file is closed, so they
+  stay through the resize; pillow-heif drops them once the frame is loaded.
 - resize: what stays from the decode + the conversion strips (modes that need a conversion
   are converted and box-reduced in strips of ~1 MP, so no full-size converted copy exists)
   + the box-reduced image + Pillow's horizontal-pass buffer + the first thumbnail and its
@@ -46,6 +51,9 @@ WEBP_COPIES = 3  # canvas, previous canvas, the frame's bytes (which become the 
 COEFFICIENT_BYTES = 128  # 64 coefficients of 2 bytes in each 8x8 block
 ENCODE_BYTES_A_PIXEL = 8  # of the largest thumbnail: encoder buffers (libwebp needs the most)
 FIXED_BYTES = 8 << 20  # allocator slack, codec tables, Python objects; measured
+# AVIF/HEIC decoder copies: RGBA handed over (4) + YUV planes (up to 3 at 4:4:4, 8-bit)
+HEIF_DECODER_BYTES_A_PIXEL = 7
+HEIF_FORMATS = frozenset({"AVIF", "HEIF"})
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,15 @@ def estimate(
         parts["decoder_copies"] = (WEBP_COPIES - 1) * decoded
         decode_phase = WEBP_COPIES * decoded
         kept = decoded  # the decoder is gone once the frame is out
+    elif layout.format in HEIF_FORMATS:
+        source_mode = layout.mode
+        decoded_size = (width, height)
+        decoded = width * height * 4
+        alpha = 1 if "A" in layout.mode else 0
+        parts["decoded"] = decoded
+        parts["decoder_copies"] = width * height * (HEIF_DECODER_BYTES_A_PIXEL + alpha)
+        decode_phase = decoded + parts["decoder_copies"]
+        kept = decode_phase if layout.format == "AVIF" else decoded
     else:  # PNG, GIF: the full image in Pillow's mode, and row buffers
         source_mode = layout.mode
         decoded_size = (width, height)
@@ -206,8 +223,10 @@ def estimate(
     parts["encode"] = thumbnail * ENCODE_BYTES_A_PIXEL
     parts["fixed"] = FIXED_BYTES
     # The source itself: the worker reads it into memory; Pillow's WebP plugin reads it into a
-    # bytes object and libwebp's demuxer keeps a copy of its own.
-    parts["source"] = layout.file_bytes * (3 if layout.format == "WEBP" else 1)
+    # bytes object and libwebp's demuxer keeps a copy of its own; the AVIF and HEIF plugins
+    # read it into bytes for their decoder.
+    copies = 3 if layout.format == "WEBP" else 2 if layout.format in HEIF_FORMATS else 1
+    parts["source"] = layout.file_bytes * copies
     peak = max(decode_phase, kept + resize) + parts["thumbnail"] + parts["encode"]
     peak += FIXED_BYTES + parts["source"]
     return Estimate(peak, parts, scale)

@@ -19,9 +19,12 @@ FORMATS: dict[str, Format] = {
         Format("PNG", "image/png", "png"),
         Format("WEBP", "image/webp", "webp"),
         Format("GIF", "image/gif", "gif"),
+        Format("AVIF", "image/avif", "avif"),
+        # HEIC (HEVC in HEIF) is what phones write; read only, never written.
+        Format("HEIF", "image/heic", "heic"),
     )
 }
 MEDIA_TYPES = {name: f.media_type for name, f in FORMATS.items()}
 EXTENSIONS = {name: f.extension for name, f in FORMATS.items()}
 MEDIA_TYPE_BY_EXTENSION = {f".{f.extension}": f.media_type for f in FORMATS.values()}
-ACCEPTED = ", ".join("WebP" if name == "WEBP" else name for name in FORMATS)
+ACCEPTED = ", ".join({"WEBP": "WebP", "HEIF": "HEIC/HEIF"}.get(name, name) for name in FORMATS)

@@ -37,6 +37,7 @@ thread pool (Pillow releases the GIL while decoding, resizing and encoding).
 from __future__ import annotations
 
 import io
+import math
 import mmap
 import os
 import re
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from PIL import (
+    AvifImagePlugin,
     GifImagePlugin,
     Image,
     ImageCms,
@@ -58,9 +60,11 @@ from PIL import (
     WebPImagePlugin,
     _webp,
 )
+from pillow_heif.as_plugin import HeifImageFile
 
 from thumbnailer import decode_budget
 from thumbnailer.formats import EXTENSIONS, MEDIA_TYPES
+from thumbnailer.variant_spec import VariantSpec
 
 # The plugin classes themselves, not Image.open: that keeps Pillow's global pixel guard out of
 # the way and reads an MPO (a phone JPEG with extra pictures) as the plain JPEG it starts with.
@@ -69,7 +73,17 @@ PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
     "PNG": PngImagePlugin.PngImageFile,
     "WEBP": WebPImagePlugin.WebPImageFile,
     "GIF": GifImagePlugin.GifImageFile,
+    "AVIF": AvifImagePlugin.AvifImageFile,
+    # pillow-heif's plugin class, used directly: its register_heif_opener would change
+    # Pillow's process-wide registry.
+    "HEIF": HeifImageFile,
 }
+# ISO-BMFF brands (the ftyp box) of the two HEIF-family formats we read. AVIF goes to
+# Pillow's own decoder (libavif), HEIC (HEVC inside) to libheif through pillow-heif.
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+GENERIC_BRANDS = frozenset({b"mif1", b"msf1"})
+SNIFF_BYTES = 64
 ORIENTATION_TAG = 0x0112
 TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -84,6 +98,12 @@ SWAPS_AXES = {5, 6, 7, 8}
 RESAMPLE_FIRST = Image.Resampling.HAMMING
 RESAMPLE = Image.Resampling.LANCZOS
 WEBP_METHOD = 2  # libwebp effort 0-6; see the module docstring for the trade-off
+# libavif/aom speed 0 (slowest, smallest) to 10; 6 is Pillow's default. One encoder thread:
+# the worker runs WORKER_CONCURRENCY jobs at once, one per core, and each thread's stack and
+# malloc arena count against the decoder process's address-space cap.
+AVIF_SPEED = 6
+AVIF_THREADS = 1
+THUMBNAIL_FORMATS = ("auto", "webp", "avif")
 # What a broken or hostile file raises somewhere inside a codec.
 DECODE_ERRORS = (
     OSError,
@@ -123,7 +143,7 @@ class ImagingError(Exception):
 
 
 class UnsupportedImage(ImagingError):
-    """The content is not a JPEG, PNG, WebP or GIF image."""
+    """The content is not a JPEG, PNG, WebP, GIF, AVIF or HEIF image."""
 
 
 class ImageTooLarge(ImagingError):
@@ -191,7 +211,7 @@ class Thumbnail:
         return f"{self.box[0]}x{self.box[1]}"
 
 
-def probe(path: Path, max_pixels: int, *, max_scans: int = DEFAULT_MAX_SCANS) -> ImageInfo:
+def probe(path: Path | bytes, max_pixels: int, *, max_scans: int = DEFAULT_MAX_SCANS) -> ImageInfo:
     """Recognise the format by content and read the dimensions from the header only.
 
     Also reads what estimate_decode needs: the mode, and for a JPEG its markers up to the end
@@ -251,12 +271,16 @@ def make_thumbnails(
     timings: dict[str, float] | None = None,
     max_scans: int = DEFAULT_MAX_SCANS,
     max_decode_bytes: int | None = None,
+    output_format: str = "auto",
 ) -> list[Thumbnail]:
     """One thumbnail per box, in the order given; each fits its box and is never enlarged.
 
     Refuses before decoding what probe refuses (pixels, scans) and, with `max_decode_bytes`,
-    an image whose decode estimate is over it (DecodeTooLarge).
+    an image whose decode estimate is over it (DecodeTooLarge). `output_format` is
+    THUMBNAIL_FORMAT: auto (JPEG, WebP when the alpha is used), webp or avif.
     """
+    if output_format not in THUMBNAIL_FORMATS:
+        raise ValueError(f"output_format must be one of {THUMBNAIL_FORMATS}, not {output_format!r}")
     if not boxes or any(side < 1 for box in boxes for side in box):
         raise ValueError(f"boxes must be a non-empty list of positive sizes, not {boxes!r}")
     clock = _Stopwatch(timings)
@@ -273,9 +297,100 @@ def make_thumbnails(
         with clock("resize"):
             made = _cascade(image, largest_first, orientation, displayed)
     with clock("encode"):
-        encode = _encoder_for(made[largest_first[0]], jpeg_quality)
+        encode = _encoder_for(made[largest_first[0]], jpeg_quality, output_format)
         encoded = {box: encode(made[box], box) for box in largest_first}
     return [encoded[box] for box in boxes]
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    """Sizes in displayed orientation: what the frame is drafted for, resized to, cut to."""
+
+    draft_box: tuple[int, int]  # covers the output: JPEG draft never decodes below it
+    resize: tuple[int, int]  # the whole frame is resized to this
+    output: tuple[int, int]  # and, for cover, cropped around the centre to this
+
+    @property
+    def crops(self) -> bool:
+        return self.resize != self.output
+
+
+def plan_variant(displayed: tuple[int, int], spec: VariantSpec, max_side: int) -> VariantPlan:
+    """contain: inside the box, never enlarged (a missing side is bounded by `max_side`);
+    cover: exactly width x height, the centre of the image scaled to cover it; fill: exactly
+    width x height, stretched. cover and fill may enlarge: the size asked for is the point."""
+    width, height = displayed
+    if spec.fit == "contain" or spec.width is None or spec.height is None:
+        size = fit(displayed, (spec.width or max_side, spec.height or max_side))
+        return VariantPlan(size, size, size)
+    wanted = (spec.width, spec.height)
+    scale = max(wanted[0] / width, wanted[1] / height)
+    # Rounded up, so the covering frame is never a pixel short of the crop.
+    covering = (
+        max(wanted[0], math.ceil(width * scale - 1e-9)),
+        max(wanted[1], math.ceil(height * scale - 1e-9)),
+    )
+    draft = fit(displayed, covering)
+    if spec.fit == "cover":
+        return VariantPlan(draft, covering, wanted)
+    return VariantPlan(draft, wanted, wanted)
+
+
+def estimate_variant_bytes(
+    info: ImageInfo, spec: VariantSpec, max_side: int
+) -> tuple[VariantPlan, int]:
+    """The plan and the decode memory make_variant needs: the thumbnail estimate for the
+    drafted size, plus the output's buffers where it is larger than the source (enlarging)."""
+    plan = plan_variant(_stored((info.width, info.height), info.orientation), spec, max_side)
+    estimate = decode_budget.estimate(info.layout(), [plan.draft_box])
+    drafted = fit(_stored((info.width, info.height), info.orientation), plan.draft_box)
+    extra = max(0, plan.resize[0] * plan.resize[1] - drafted[0] * drafted[1])
+    per_pixel = 4 * 3 + decode_budget.ENCODE_BYTES_A_PIXEL
+    return plan, estimate.total + extra * per_pixel
+
+
+def make_variant(
+    source: Path | bytes,
+    spec: VariantSpec,
+    *,
+    max_pixels: int,
+    max_side: int,
+    max_scans: int = DEFAULT_MAX_SCANS,
+    max_decode_bytes: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> Thumbnail:
+    """One image made to `spec` from the original, the way thumbnails are made: a JPEG drafted
+    at the smallest scale still covering the output, EXIF orientation applied, sRGB, no
+    metadata. Returned as a Thumbnail whose box is its own size."""
+    clock = _Stopwatch(timings)
+    with clock("decode"):
+        info = _probe(source, max_pixels, max_scans)
+        plan, need = estimate_variant_bytes(info, spec, max_side)
+        if max_decode_bytes is not None and need > max_decode_bytes:
+            raise DecodeTooLarge(
+                f"making this {spec.width}x{spec.height} variant of a {info.width}x{info.height} "
+                f"{info.format} image would need about {_mb(need)} of memory; "
+                f"the limit is {_mb(max_decode_bytes)}"
+            )
+    opener = _decoded_webp if info.format == "WEBP" else _opened
+    with opener(source) as image:
+        _check_pixels(image, max_pixels)
+        with clock("decode"):
+            orientation, _ = _decode_once(image, plan.draft_box)
+        with clock("resize"):
+            made = _to_display(image, plan.resize, orientation)
+            if plan.crops:
+                made = _centre_crop(made, plan.output)
+            if spec.grayscale:
+                made = made.convert("LA" if _has_alpha(made) else "L")
+    with clock("encode"):
+        return _encode(made, spec.pillow_format, spec.quality, made.size)
+
+
+def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    left = (image.width - size[0]) // 2
+    top = (image.height - size[1]) // 2
+    return image.crop((left, top, left + size[0], top + size[1]))
 
 
 def fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
@@ -286,7 +401,7 @@ def fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
 
 
 def sniff(head: bytes) -> str | None:
-    """The format a file's first bytes announce, among the four we accept."""
+    """The format a file's first bytes (SNIFF_BYTES of them) announce, among those we accept."""
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -295,6 +410,22 @@ def sniff(head: bytes) -> str | None:
         return "GIF"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[4:8] == b"ftyp":
+        return _sniff_ftyp(head)
+    return None
+
+
+def _sniff_ftyp(head: bytes) -> str | None:
+    """AVIF or HEIF by the ftyp box's major brand, or for the generic image brands (mif1,
+    msf1) by the compatible brands listed after it."""
+    size = int.from_bytes(head[:4], "big")
+    major = head[8:12]
+    compatible = {head[i : i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    brands = {major} | (compatible if major in GENERIC_BRANDS else set())
+    if brands & AVIF_BRANDS:
+        return "AVIF"
+    if brands & HEIF_BRANDS:
+        return "HEIF"
     return None
 
 
@@ -308,9 +439,9 @@ def _opened(source: Path | bytes) -> Iterator[ImageFile.ImageFile]:
             if isinstance(source, bytes)
             else stack.enter_context(source.open("rb"))
         )
-        fmt = sniff(stream.read(16))
+        fmt = sniff(stream.read(SNIFF_BYTES))
         if fmt is None:
-            raise UnsupportedImage("not a JPEG, PNG, WebP or GIF image")
+            raise UnsupportedImage("not a JPEG, PNG, WebP, GIF, AVIF or HEIF image")
         stream.seek(0)
         try:
             with PLUGINS[fmt](stream) as image:
@@ -366,7 +497,7 @@ def _mb(value: int) -> str:
 
 def _probe(source: Path | bytes, max_pixels: int, max_scans: int) -> ImageInfo:
     with _bytes_of(source) as data:
-        if sniff(data[:16]) == "WEBP":
+        if sniff(data[:SNIFF_BYTES]) == "WEBP":
             return _probe_webp(data, max_pixels)
     with _opened(source) as image:
         _check_pixels(image, max_pixels)
@@ -721,36 +852,72 @@ def _has_alpha(image: Image.Image) -> bool:
 
 
 class _Encoder:
-    """Re-encode from pixels only: no EXIF, GPS, XMP, comments or profiles are carried over."""
+    """One format for every size of an image, chosen by THUMBNAIL_FORMAT and the alpha."""
 
-    def __init__(self, alpha: bool, jpeg_quality: int) -> None:
-        self.alpha = alpha
-        self.quality = jpeg_quality
+    def __init__(self, alpha: bool, quality: int, output_format: str = "auto") -> None:
+        self.quality = quality
+        if output_format == "avif":
+            self.format = "AVIF"
+        elif output_format == "webp" or alpha:
+            self.format = "WEBP"
+        else:
+            self.format = "JPEG"
 
     def __call__(self, image: Image.Image, box: tuple[int, int]) -> Thumbnail:
-        buffer = io.BytesIO()
-        if self.alpha:
-            clean = _without_metadata(image.convert("RGBA"))
-            clean.save(buffer, "WEBP", quality=self.quality, method=WEBP_METHOD, alpha_quality=100)
-            fmt = "WEBP"
-        else:
-            clean = _without_metadata(image.convert("L" if image.mode in ("L", "LA") else "RGB"))
-            clean.save(buffer, "JPEG", quality=self.quality, optimize=False)
-            fmt = "JPEG"
-        return Thumbnail(
-            box=box,
-            width=clean.width,
-            height=clean.height,
-            data=buffer.getvalue(),
-            format=fmt,
-            media_type=MEDIA_TYPES[fmt],
-            extension=EXTENSIONS[fmt],
+        return _encode(image, self.format, self.quality, box)
+
+
+def _encode(image: Image.Image, fmt: str, quality: int | None, box: tuple[int, int]) -> Thumbnail:
+    """Re-encode from pixels only: no EXIF, GPS, XMP, comments or profiles are carried over.
+
+    JPEG has no alpha: a used alpha is flattened onto white (what a page behind it most often
+    is) rather than dropped, which would show the colour under the transparent pixels.
+    """
+    buffer = io.BytesIO()
+    alpha = _has_alpha(image)
+    grey = image.mode in ("L", "LA")
+    if fmt == "JPEG":
+        clean = _without_metadata(
+            _flattened(image) if alpha else image.convert("L" if grey else "RGB")
         )
+        clean.save(buffer, "JPEG", quality=quality or 85, optimize=False)
+    elif fmt == "PNG":
+        mode = ("LA" if grey else "RGBA") if alpha else ("L" if grey else "RGB")
+        clean = _without_metadata(image.convert(mode))
+        clean.save(buffer, "PNG")
+    elif fmt == "WEBP":
+        clean = _without_metadata(image.convert("RGBA" if alpha else "RGB"))
+        options = {"alpha_quality": 100} if alpha else {}
+        clean.save(buffer, "WEBP", quality=quality or 85, method=WEBP_METHOD, **options)
+    elif fmt == "AVIF":
+        mode = "RGBA" if alpha else ("L" if grey else "RGB")
+        clean = _without_metadata(image.convert(mode))
+        clean.save(
+            buffer, "AVIF", quality=quality or 85, speed=AVIF_SPEED, max_threads=AVIF_THREADS
+        )
+    else:
+        raise ValueError(f"cannot write {fmt!r}")
+    return Thumbnail(
+        box=box,
+        width=clean.width,
+        height=clean.height,
+        data=buffer.getvalue(),
+        format=fmt,
+        media_type=MEDIA_TYPES[fmt],
+        extension=EXTENSIONS[fmt],
+    )
 
 
-def _encoder_for(largest: Image.Image, jpeg_quality: int) -> _Encoder:
+def _flattened(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    background.alpha_composite(rgba)
+    return background.convert("L" if image.mode == "LA" else "RGB")
+
+
+def _encoder_for(largest: Image.Image, quality: int, output_format: str = "auto") -> _Encoder:
     # One format for all sizes of an image: judged on the largest, whose alpha is least blurred.
-    return _Encoder(_has_alpha(largest), jpeg_quality)
+    return _Encoder(_has_alpha(largest), quality, output_format)
 
 
 def _without_metadata(image: Image.Image) -> Image.Image:

@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from thumbnailer import imaging
 from thumbnailer.formats import EXTENSIONS, MEDIA_TYPES
+from thumbnailer.variant_spec import VariantSpec
 
 _HEADER = 4  # bytes of the big-endian length in front of each JSON header
 _MAX_HEADER = 1 << 20
@@ -105,6 +106,7 @@ class DecodeRunner:
         max_scans: int = imaging.DEFAULT_MAX_SCANS,
         max_decode_bytes: int | None = None,
         timings: dict[str, float] | None = None,
+        output_format: str = "auto",
     ) -> list[imaging.Thumbnail]:
         if not boxes or any(side < 1 for box in boxes for side in box):
             raise ValueError(f"boxes must be a non-empty list of positive sizes, not {boxes!r}")
@@ -114,7 +116,38 @@ class DecodeRunner:
             "jpeg_quality": jpeg_quality,
             "max_scans": max_scans,
             "max_decode_bytes": max_decode_bytes,
+            "output_format": output_format,
         }
+        return self._call(request, source, timings)
+
+    def run_variant(
+        self,
+        source: Path | bytes,
+        spec: VariantSpec,
+        *,
+        max_pixels: int,
+        max_side: int,
+        max_scans: int = imaging.DEFAULT_MAX_SCANS,
+        max_decode_bytes: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> imaging.Thumbnail:
+        """imaging.make_variant in a child, under the same caps as thumbnails."""
+        request = {
+            "op": "variant",
+            "spec": spec.to_json(),
+            "max_pixels": max_pixels,
+            "max_side": max_side,
+            "max_scans": max_scans,
+            "max_decode_bytes": max_decode_bytes,
+        }
+        made = self._call(request, source, timings)
+        if len(made) != 1:
+            raise RuntimeError("the decode child sent a malformed answer")
+        return made[0]
+
+    def _call(
+        self, request: dict[str, Any], source: Path | bytes, timings: dict[str, float] | None
+    ) -> list[imaging.Thumbnail]:
         payload = b""
         if isinstance(source, bytes):
             payload = source
@@ -337,20 +370,11 @@ def _serve(memory_limit: int) -> None:
             return
         source: Path | bytes = Path(request["path"]) if "path" in request else payload
         del payload
-        boxes = [(int(w), int(h)) for w, h in request["boxes"]]
         timings: dict[str, float] = {}
         answer: dict[str, Any] = {"ok": False}
         data = b""
         try:
-            thumbs = imaging.make_thumbnails(
-                source,
-                boxes,
-                max_pixels=int(request["max_pixels"]),
-                jpeg_quality=int(request["jpeg_quality"]),
-                max_scans=int(request["max_scans"]),
-                max_decode_bytes=request["max_decode_bytes"],
-                timings=timings,
-            )
+            thumbs = _work(request, source, timings)
             answer = {
                 "ok": True,
                 "thumbnails": [
@@ -367,9 +391,11 @@ def _serve(memory_limit: int) -> None:
             data = b"".join(t.data for t in thumbs)
         except MemoryError:
             answer = _memory_answer(memory_limit)
+        except imaging.DecodeTooLarge as exc:  # refused from the header: nothing was decoded
+            answer = {"ok": False, "kind": type(exc).__name__, "message": str(exc)}
         except imaging.ImagingError as exc:
             if _vm_kb("VmPeak") * 1024 >= cap - _NEAR_LIMIT or _needs_more(
-                source, boxes, memory_limit
+                source, request, memory_limit
             ):
                 answer = _memory_answer(memory_limit)
             else:
@@ -381,12 +407,48 @@ def _serve(memory_limit: int) -> None:
         _write_frame(stdout, answer, data)
 
 
-def _needs_more(source: Path | bytes, boxes: list[tuple[int, int]], memory_limit: int) -> bool:
+def _work(
+    request: dict[str, Any], source: Path | bytes, timings: dict[str, float]
+) -> list[imaging.Thumbnail]:
+    """One request's imaging: the thumbnails of an image, or one variant of it."""
+    if request.get("op") == "variant":
+        variant = imaging.make_variant(
+            source,
+            VariantSpec.from_json(request["spec"]),
+            max_pixels=int(request["max_pixels"]),
+            max_side=int(request["max_side"]),
+            max_scans=int(request["max_scans"]),
+            max_decode_bytes=request["max_decode_bytes"],
+            timings=timings,
+        )
+        return [variant]
+    return imaging.make_thumbnails(
+        source,
+        _boxes(request),
+        max_pixels=int(request["max_pixels"]),
+        jpeg_quality=int(request["jpeg_quality"]),
+        max_scans=int(request["max_scans"]),
+        max_decode_bytes=request["max_decode_bytes"],
+        timings=timings,
+        output_format=str(request.get("output_format", "auto")),
+    )
+
+
+def _boxes(request: dict[str, Any]) -> list[tuple[int, int]]:
+    return [(int(w), int(h)) for w, h in request["boxes"]]
+
+
+def _needs_more(source: Path | bytes, request: dict[str, Any], memory_limit: int) -> bool:
     """A single allocation over the cap fails at once, far from VmPeak (libwebp's canvas fails
     as "could not create decoder object"): then the estimate tells whether memory was why."""
     try:
-        return imaging.estimate_decode_bytes(source, boxes) > memory_limit
-    except (imaging.ImagingError, OSError, MemoryError):
+        if request.get("op") == "variant":
+            info = imaging.probe(source, 2**62)
+            spec = VariantSpec.from_json(request["spec"])
+            _, need = imaging.estimate_variant_bytes(info, spec, int(request["max_side"]))
+            return need > memory_limit
+        return imaging.estimate_decode_bytes(source, _boxes(request)) > memory_limit
+    except (imaging.ImagingError, OSError, MemoryError, ValueError):
         return False
 
 

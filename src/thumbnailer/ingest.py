@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiofiles.os
 import anyio.to_thread
@@ -25,9 +25,15 @@ from thumbnailer.broker import FETCH, Broker, BrokerUnavailable, Job
 from thumbnailer.config import Settings
 from thumbnailer.leftovers import remove_files_older_than
 from thumbnailer.logging import get_logger
-from thumbnailer.records import NewImage, NewSource, Original, Status
+from thumbnailer.records import NewImage, NewSource, Original, Status, VariantRecord
 from thumbnailer.repo import Repo, RepoUnavailable
 from thumbnailer.store import Store, StoreError, original_key
+from thumbnailer.variant_spec import VariantSpec
+
+if TYPE_CHECKING:
+    from thumbnailer.variants import VariantRequests
+
+from thumbnailer.repo.variants import TooManyVariants
 
 log = get_logger(__name__)
 FREE_SPACE_TTL = 1.0
@@ -40,7 +46,6 @@ class Spooled:
     path: Path
     size: int
     filename: str | None
-    fields: Mapping[str, str] = field(default_factory=dict)  # the form's small text fields
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Accepted:
     id: uuid.UUID
     status: Status
     info: imaging.ImageInfo
+    variant: VariantRecord | None = None  # the one the upload asked for, once its row exists
 
 
 class StorageFull(Exception):
@@ -78,9 +84,17 @@ class Limits:
 
 
 class Ingest:
-    def __init__(self, repo: Repo, store: Store, broker: Broker, limits: Limits) -> None:
+    def __init__(
+        self,
+        repo: Repo,
+        store: Store,
+        broker: Broker,
+        limits: Limits,
+        variants: VariantRequests | None = None,
+    ) -> None:
         self.repo, self.store, self.broker = repo, store, broker
         self.limits = limits
+        self.variants = variants
         self._free: tuple[float, int | None] = (0.0, None)
 
     async def check_room(self) -> None:
@@ -99,10 +113,13 @@ class Ingest:
         request_id: str | None,
         owner: str | None = None,
         callback_url: str | None = None,
+        variant: VariantSpec | None = None,
     ) -> Accepted:
         """Raises imaging.ImagingError (not an image we take), StoreError, RepoUnavailable.
 
         `owner` is the uploader's subject (AUTH_MODE=jwt), None when there is no identity.
+        `variant` (checked by the caller before the upload was received) is asked for once
+        the image is committed.
         """
         try:
             info = await self._probe(spooled.path)
@@ -121,7 +138,22 @@ class Ingest:
         metrics.UPLOAD_SIZE.observe(spooled.size)
         status = await self._enqueue(Job.thumbnails(image_id, request_id))
         log.info("image_accepted", image_id=str(image_id), bytes=spooled.size, format=info.format)
-        return Accepted(image_id, status, info)
+        made = await self._variant(image_id, variant, request_id) if variant else None
+        return Accepted(image_id, status, info, made)
+
+    async def _variant(
+        self, image_id: uuid.UUID, spec: VariantSpec, request_id: str | None
+    ) -> VariantRecord | None:
+        """The upload is committed by now, so a failure here must not fail it: the client
+        sees no variant in the answer and can ask for it again by its own route."""
+        if self.variants is None:
+            raise RuntimeError("this Ingest was built without variants")
+        try:
+            record, _ = await self.variants.request(image_id, spec, request_id)
+        except (RepoUnavailable, TooManyVariants) as exc:
+            log.warning("upload_variant_failed", image_id=str(image_id), error=str(exc))
+            return None
+        return record
 
     async def submit_url(
         self,

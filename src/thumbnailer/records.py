@@ -109,3 +109,23 @@ class ImageRecord:
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    id: uuid.UUID
+    image_id: uuid.UUID
+    status: Status
+    spec: Mapping[str, Any]  # the normalised spec, as variant_spec.VariantSpec.to_json gives it
+    key: str | None
+    width: int | None
+    height: int | None
+    media_type: str | None
+    error: str | None
+    request_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL

@@ -45,10 +45,26 @@ class Relay:
                 break
             await self.repo.mark_processing(image_id)
             sent += 1
+        if sent == len(claimed):
+            sent += await self._sweep_variants()
         if sent:
             self.republished += sent
             metrics.RELAY_REPUBLISHED.inc(sent)
             log.info("relay_republished", count=sent)
+        return sent
+
+    async def _sweep_variants(self) -> int:
+        """The same for variants: their rows and jobs are their own."""
+        claimed = await self.repo.variants.claim_stale(self.interval, self.processing_timeout)
+        sent = 0
+        for variant_id, image_id, request_id in claimed:
+            try:
+                await self.broker.publish(Job.variant(image_id, variant_id, request_id))
+            except BrokerUnavailable as exc:
+                log.warning("relay_publish_failed", variant_id=str(variant_id), error=str(exc))
+                break
+            await self.repo.variants.mark_processing(variant_id)
+            sent += 1
         return sent
 
     async def run(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from asgi_correlation_id import correlation_id
@@ -16,8 +17,10 @@ from thumbnailer.auth import AuthUnavailable, InvalidToken, Principal
 from thumbnailer.broker import Broker
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest
+from thumbnailer.records import ImageRecord
 from thumbnailer.repo import Repo, StatusNotifier
 from thumbnailer.store import Store
+from thumbnailer.variants import VariantRequests
 
 
 def services(request: Request) -> Services:
@@ -47,6 +50,10 @@ def _notifier(request: Request) -> StatusNotifier:
 
 def _ingest(request: Request) -> Ingest:
     return services(request).ingest
+
+
+def _variants(request: Request) -> VariantRequests:
+    return services(request).variants
 
 
 def _uploads(request: Request) -> UploadGate:
@@ -91,6 +98,14 @@ async def _principal(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(_principal)]
 
 
+async def visible_image(repo: Repo, image_id: uuid.UUID, principal: Principal) -> ImageRecord:
+    """The row, if the principal may see it; someone else's is exactly as unknown (404)."""
+    row = await repo.get(image_id)
+    if row is None or not principal.can_see(row.owner):
+        raise errors.image_not_found(image_id)
+    return row
+
+
 def _identity(request: Request, principal: Principal) -> str:
     """Whose budget a request spends: the subject, else the (proxy-resolved) client address."""
     if principal.subject is not None:
@@ -128,6 +143,7 @@ StoreDep = Annotated[Store, Depends(_store)]
 BrokerDep = Annotated[Broker, Depends(_broker)]
 NotifierDep = Annotated[StatusNotifier, Depends(_notifier)]
 IngestDep = Annotated[Ingest, Depends(_ingest)]
+VariantsDep = Annotated[VariantRequests, Depends(_variants)]
 UploadsDep = Annotated[UploadGate, Depends(_uploads)]
 LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
 UrlBase = Annotated[str, Depends(_url_base)]

@@ -115,6 +115,24 @@ def image_not_found(image_id: uuid.UUID) -> ApiError:
     return ApiError(404, "image_not_found", f"no image with id {image_id}")
 
 
+def variant_not_found(variant_id: uuid.UUID) -> ApiError:
+    return ApiError(404, "variant_not_found", f"no variant with id {variant_id} of this image")
+
+
+def invalid_variant(reason: str) -> ApiError:
+    return ApiError(422, "invalid_variant", reason)
+
+
+def invalid_transformations(reason: str) -> ApiError:
+    return ApiError(422, "invalid_transformations", reason)
+
+
+def too_many_variants(limit: int) -> ApiError:
+    return ApiError(
+        422, "too_many_variants", f"this image already has the most variants allowed ({limit})"
+    )
+
+
 INVALID_CURSOR = ApiError(422, "invalid_cursor", "cursor is not one this API handed out")
 
 AUTH_UNAVAILABLE = ApiError(

@@ -26,13 +26,20 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
+# The small text fields read beside the file, with the most bytes each may have: the variant
+# an upload asks for and the webhook to call. Others are ignored, as before.
+VARIANT_FIELDS = frozenset({"transformations", "width", "height", "preserve_ratio"})
+MAX_TEXT_FIELD_BYTES = 1024
+MAX_URL_FIELD_BYTES = 4096
+FIELD_LIMITS = {
+    **dict.fromkeys(VARIANT_FIELDS, MAX_TEXT_FIELD_BYTES),
+    "callback_url": MAX_URL_FIELD_BYTES,
+}
+TEXT_FIELDS = frozenset(FIELD_LIMITS)
 MAX_FILENAME_CHARS = 255
 WRITE_BATCH_BYTES = 1024 * 1024
 # Room for the multipart framing and the small form fields beside the file.
 FORM_ALLOWANCE = 64 * 1024
-# Text fields kept beside the file (anything else is ignored, as before).
-TEXT_FIELDS = frozenset({"callback_url"})
-MAX_FIELD_BYTES = 4096
 
 
 @dataclass
@@ -49,7 +56,7 @@ class _PartState:
     filename: str | None = None
     pending: list[bytes] = field(default_factory=list)
     text_field: str | None = None
-    fields: dict[str, bytearray] = field(default_factory=dict)
+    texts: dict[str, bytearray] = field(default_factory=dict)
 
     def on_part_begin(self) -> None:
         self.headers = {}
@@ -77,31 +84,51 @@ class _PartState:
             self.file_parts += 1
             raw = options.get(b"filename")
             self.filename = clean_filename(raw.decode("utf-8", "replace")) if raw else None
-        elif (name := options.get(b"name", b"").decode("latin-1")) in TEXT_FIELDS:
+            return
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name in TEXT_FIELDS:
+            if name in self.texts:
+                raise FieldProblem(name, f"the field {name!r} is sent more than once")
             self.text_field = name
-            self.fields[name] = bytearray()
+            self.texts[name] = bytearray()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file and self.file_parts == 1:
             self.pending.append(data[start:end])
         elif self.text_field is not None:
-            value = self.fields[self.text_field]
-            value += data[start:end]
-            if len(value) > MAX_FIELD_BYTES:
-                raise FieldTooLong(self.text_field)
-
-    def text_fields(self) -> dict[str, str]:
-        return {
-            name: bytes(value).decode("utf-8", "replace") for name, value in self.fields.items()
-        }
+            text = self.texts[self.text_field]
+            text += data[start:end]
+            limit = FIELD_LIMITS[self.text_field]
+            if len(text) > limit:
+                raise FieldProblem(
+                    self.text_field, f"the field {self.text_field!r} is longer than {limit} bytes"
+                )
 
     def on_part_end(self) -> None:
         self.in_file = False
+        self.text_field = None
+
+    def text_fields(self) -> dict[str, str]:
+        fields = {}
+        for name, value in self.texts.items():
+            try:
+                fields[name] = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FieldProblem(name, f"the field {name!r} is not UTF-8 text") from exc
+        return fields
 
 
-class FieldTooLong(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"the form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")
+class FieldProblem(Exception):
+    """A text field we read that cannot be taken (repeated, too long, not text)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.name = name
+
+    def as_api_error(self) -> errors.ApiError:
+        if self.name in VARIANT_FIELDS:
+            return errors.invalid_transformations(str(self))
+        return errors.ApiError(422, "invalid_request", str(self))
 
 
 class TooManyParts(Exception):
@@ -132,10 +159,24 @@ def declared_length(request: Request) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class ReceivedForm:
+    spooled: Spooled
+    fields: dict[str, str]  # the TEXT_FIELDS that were sent
+
+
 async def receive_file(
     request: Request, spool: Path, max_size: int, max_parts: int = 16
 ) -> Spooled:
-    """Stream field `file` into a new file under `spool`; ingest consumes it.
+    """Stream field `file` into a new file under `spool`; ingest consumes it."""
+    return (await receive_form(request, spool, max_size, max_parts)).spooled
+
+
+async def receive_form(
+    request: Request, spool: Path, max_size: int, max_parts: int = 16
+) -> ReceivedForm:
+    """Stream field `file` into a new file under `spool` (ingest consumes it) and keep the
+    small TEXT_FIELDS beside it.
 
     Every byte of the body counts: the file against `max_size`, the whole body against
     `max_size` plus a small allowance for framing and other fields.
@@ -156,7 +197,10 @@ async def receive_file(
     except TooManyParts as exc:
         await discard_spool(tmp)
         raise errors.too_many_parts(exc.limit) from exc
-    except (MultipartParseError, FieldTooLong) as exc:
+    except FieldProblem as exc:
+        await discard_spool(tmp)
+        raise exc.as_api_error() from exc
+    except MultipartParseError as exc:
         await discard_spool(tmp)
         raise errors.malformed_multipart(exc) from exc
     except OSError as exc:
@@ -168,7 +212,12 @@ async def receive_file(
     if state.file_parts != 1:
         await discard_spool(tmp)
         raise errors.file_parts(state.file_parts)
-    return Spooled(path=tmp, size=size, filename=state.filename, fields=state.text_fields())
+    try:
+        fields = state.text_fields()
+    except FieldProblem as exc:
+        await discard_spool(tmp)
+        raise exc.as_api_error() from exc
+    return ReceivedForm(Spooled(path=tmp, size=size, filename=state.filename), fields)
 
 
 async def _stream_to(

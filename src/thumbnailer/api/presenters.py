@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
-from thumbnailer.api.schemas import ImageOut
-from thumbnailer.records import ImageRecord, Status
+from thumbnailer.api.schemas import ImageOut, VariantOut
+from thumbnailer.records import ImageRecord, Status, VariantRecord
 from thumbnailer.store import Store
 
 
@@ -33,19 +34,47 @@ def present(row: ImageRecord, base: str, boxes: list[tuple[int, int]], store: St
     )
 
 
-def etag(row: ImageRecord, base: str, store: Store) -> str:
-    """Changes whenever the JSON would: status and update time, and the URLs handed out.
+def present_variant(variant: VariantRecord, base: str, store: Store) -> VariantOut:
+    done = variant.status == Status.DONE and variant.key is not None
+    return VariantOut(
+        id=variant.id,
+        image_id=variant.image_id,
+        status=variant.status,
+        spec=dict(variant.spec),
+        url=store.url(variant.key, base) if done and variant.key else None,
+        width=variant.width if done else None,
+        height=variant.height if done else None,
+        media_type=variant.media_type if done else None,
+        error=variant.error,
+        created_at=variant.created_at,
+        updated_at=variant.updated_at,
+    )
+
+
+def present_variants(
+    variants: Sequence[VariantRecord], base: str, store: Store
+) -> list[VariantOut]:
+    return [present_variant(variant, base, store) for variant in variants]
+
+
+def etag(row: ImageRecord, base: str, store: Store, variants: Sequence[VariantRecord] = ()) -> str:
+    """Changes whenever the JSON would: status and update time, the variants' too, and the URLs
+    handed out.
 
     The original's URL stands for all of them: it carries the base and, for private files, the
     signature window, so a client never keeps a 304'd copy whose URLs have expired.
     """
     original = store.url(row.original_key, base) if row.original_key else ""
     seed = f"{row.status}|{row.updated_at.isoformat()}|{original}"
+    for variant in variants:
+        seed += f"|{variant.id}:{variant.status}:{variant.updated_at.isoformat()}"
     return f'W/"{hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()}"'
 
 
-def poll_headers(row: ImageRecord, base: str, store: Store) -> dict[str, str]:
-    headers = {"ETag": etag(row, base, store), "Cache-Control": "no-cache"}
+def poll_headers(
+    row: ImageRecord, base: str, store: Store, variants: Sequence[VariantRecord] = ()
+) -> dict[str, str]:
+    headers = {"ETag": etag(row, base, store, variants), "Cache-Control": "no-cache"}
     if not row.finished:
         headers["Retry-After"] = "1"
     return headers

@@ -4,17 +4,59 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from thumbnailer.records import Status
+
+
+class VariantIn(BaseModel):
+    """POST /images/{id}/variants: what to make. Give a width, a height or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int | None = Field(None, ge=1, description="Pixels; omit to follow the height.")
+    height: int | None = Field(None, ge=1, description="Pixels; omit to follow the width.")
+    fit: Literal["contain", "cover", "fill"] = Field(
+        "contain",
+        description="contain: inside width x height, never enlarged; cover: exactly width x "
+        "height, cropped around the centre; fill: exactly width x height, stretched.",
+    )
+    grayscale: bool = False
+    format: Literal["jpeg", "png", "webp", "avif"] = "jpeg"
+    quality: int | None = Field(
+        None, ge=1, le=100, description="Encoder quality (not for png); 80 when omitted."
+    )
+
+
+class VariantOut(BaseModel):
+    id: uuid.UUID
+    image_id: uuid.UUID
+    status: Status
+    spec: dict[str, Any] = Field(description="The normalised spec the id was derived from.")
+    url: str | None = Field(None, description="The variant's file; null until DONE.")
+    width: int | None = None
+    height: int | None = None
+    media_type: str | None = None
+    error: str | None = Field(None, description="Why it could not be made, when ERROR.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class VariantAccepted(BaseModel):
+    id: uuid.UUID
+    status: Status
+    location: str = Field(examples=["/images/ID/variants/VARIANT_ID"])
 
 
 class UploadAccepted(BaseModel):
     id: uuid.UUID
     status: Status
     message: str = Field(examples=["Image accepted; poll the Location URL for thumbnails."])
+    variant: VariantAccepted | None = Field(
+        None, description="The variant the form's `transformations` asked for, if any."
+    )
 
 
 class ImageOut(BaseModel):
@@ -36,6 +78,9 @@ class ImageOut(BaseModel):
     source_url: str | None = Field(None, description="The URL an image was fetched from.")
     created_at: datetime
     updated_at: datetime
+    variants: list[VariantOut] | None = Field(
+        None, description="The image's variants, oldest first (GET /images/{id} only)."
+    )
 
 
 class HealthOut(BaseModel):

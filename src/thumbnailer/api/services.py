@@ -14,6 +14,7 @@ from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest, Limits
 from thumbnailer.repo import Repo, StatusNotifier
 from thumbnailer.store import Store, open_store
+from thumbnailer.variants import VariantLimits, VariantRequests
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Services:
     broker: Broker
     notifier: StatusNotifier
     ingest: Ingest
+    variants: VariantRequests
     uploads: UploadGate
     limiter: RateLimiter
     verifier: TokenVerifier | None  # None in AUTH_MODE=none: every request is the operator
@@ -53,13 +55,15 @@ def build_services(settings: Settings) -> Services:
     store = open_store(settings)
     broker = Broker(settings.rabbitmq_url, topology)
     settings.spool_path.mkdir(parents=True, exist_ok=True)
+    variants = VariantRequests(repo, broker, VariantLimits.from_settings(settings))
     return Services(
         settings=settings,
         repo=repo,
         store=store,
         broker=broker,
         notifier=StatusNotifier(settings.database_url),
-        ingest=Ingest(repo, store, broker, Limits.from_settings(settings)),
+        ingest=Ingest(repo, store, broker, Limits.from_settings(settings), variants),
+        variants=variants,
         uploads=UploadGate(settings.max_concurrent_uploads),
         limiter=RateLimiter(settings),
         verifier=TokenVerifier(settings) if settings.auth_mode == "jwt" else None,

@@ -6,11 +6,12 @@ database library sits underneath.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Select,
@@ -39,6 +40,9 @@ from thumbnailer.records import (
     ThumbnailEntry,
 )
 from thumbnailer.repo.schema import STATUS_CHANNEL, ImageRow
+
+if TYPE_CHECKING:
+    from thumbnailer.repo.variants import VariantRepo
 
 
 class RepoUnavailable(Exception):
@@ -150,6 +154,13 @@ class Repo:
         # A single statement is its own transaction: one round trip instead of BEGIN, the
         # statement and COMMIT, and just as durable.
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @functools.cached_property
+    def variants(self) -> VariantRepo:
+        """The variants' rows, on the same engine (the module imports this one's helpers)."""
+        from thumbnailer.repo.variants import VariantRepo
+
+        return VariantRepo(self.engine, self.autocommit)
 
     @classmethod
     def connect(cls, database_url: str, pool_size: int = 10) -> Repo:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from thumbnailer.config import Settings
-from thumbnailer.store.base import Store, StoreError
-from thumbnailer.store.keys import original_key, thumbnail_key
+from thumbnailer.store.base import ObjectMissing, Store, StoreError
+from thumbnailer.store.keys import original_key, thumbnail_key, variant_key, variant_prefix
 from thumbnailer.store.local import LocalStore
 from thumbnailer.store.signing import UrlSigner
 
@@ -43,6 +43,7 @@ def s3_store(settings: Settings) -> S3Store:
 
 __all__ = [
     "LocalStore",
+    "ObjectMissing",
     "Store",
     "StoreError",
     "UrlSigner",
@@ -50,4 +51,6 @@ __all__ = [
     "original_key",
     "s3_store",
     "thumbnail_key",
+    "variant_key",
+    "variant_prefix",
 ]

@@ -12,6 +12,10 @@ class StoreError(OSError):
     """Storage I/O failed; callers treat it as transient."""
 
 
+class ObjectMissing(StoreError):
+    """The key has no object: a caller that knows it should exist may treat this as final."""
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Acquire what the store holds for the life of the process (clients, refresh tasks)."""
@@ -26,7 +30,8 @@ class Store(Protocol):
         """Store a finished local file under `key`; the file is consumed (moved or removed)."""
 
     async def read(self, key: str) -> bytes:
-        """The object's bytes; StoreError if it is missing or unreadable."""
+        """The object's bytes; ObjectMissing (a StoreError) if there is none, StoreError if it
+        is unreadable."""
 
     async def delete(self, key: str) -> None:
         """Remove the object; a missing one is not an error."""

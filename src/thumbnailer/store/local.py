@@ -18,7 +18,7 @@ import aiofiles.os
 from starlette.types import ASGIApp
 
 from thumbnailer.leftovers import remove_files_older_than
-from thumbnailer.store.base import StoreError
+from thumbnailer.store.base import ObjectMissing, StoreError
 from thumbnailer.store.local_files import ImmutableFiles
 from thumbnailer.store.signing import UrlSigner
 
@@ -99,6 +99,8 @@ class LocalStore:
     async def read(self, key: str) -> bytes:
         try:
             return await asyncio.to_thread(self._path(key).read_bytes)
+        except FileNotFoundError as exc:
+            raise ObjectMissing(f"could not read {key}: {exc.strerror or exc}") from exc
         except OSError as exc:
             raise StoreError(f"could not read {key}: {exc.strerror or exc}") from exc
 

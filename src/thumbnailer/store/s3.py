@@ -34,7 +34,7 @@ from starlette.types import ASGIApp
 
 from thumbnailer.formats import MEDIA_TYPE_BY_EXTENSION
 from thumbnailer.logging import get_logger
-from thumbnailer.store.base import StoreError
+from thumbnailer.store.base import ObjectMissing, StoreError
 from thumbnailer.store.keys import SERVED_PREFIXES
 from thumbnailer.store.local_files import IMMUTABLE
 from thumbnailer.store.signing import expiry as expires_at
@@ -205,6 +205,8 @@ class S3Store:
         try:
             result = await obstore.get_async(self._store, key)
             return bytes(await result.bytes_async())
+        except _MISSING as exc:
+            raise ObjectMissing(f"could not read {key}: {brief(exc)}") from exc
         except _FAILURES as exc:
             raise StoreError(f"could not read {key}: {brief(exc)}") from exc
 

@@ -20,22 +20,27 @@ from thumbnailer.api.deps import (
     StoreDep,
     UploadsDep,
     UrlBase,
+    VariantsDep,
     limit_requests,
     limit_uploads,
+    visible_image,
 )
 from thumbnailer.api.errors import error_responses
-from thumbnailer.api.multipart import receive_file
+from thumbnailer.api.multipart import ReceivedForm, receive_form
 from thumbnailer.api.pagination import decode_cursor, encode_cursor
-from thumbnailer.api.presenters import etag, poll_headers, present
-from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted
+from thumbnailer.api.presenters import etag, poll_headers, present, present_variants
+from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted, VariantAccepted
 from thumbnailer.api.url_body import UrlUpload, is_json, read_url_upload
 from thumbnailer.auth import Principal
 from thumbnailer.config import Settings
 from thumbnailer.fetch import Policy, UrlNotAllowed, check_url
 from thumbnailer.ingest import Ingest, Spooled, discard_spool
-from thumbnailer.records import ImageRecord, Status
+from thumbnailer.records import ImageRecord, Status, VariantRecord
 from thumbnailer.repo import Repo
+from thumbnailer.repo.variants import TooManyVariants
 from thumbnailer.store import Store
+from thumbnailer.variant_spec import SpecError, VariantSpec, spec_from_form
+from thumbnailer.variants import VariantRequests
 
 # Every route here: a principal (401 in jwt mode without a valid token) and the request limit.
 router = APIRouter(dependencies=[Depends(limit_requests)])
@@ -51,6 +56,17 @@ UPLOAD_BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "callback_url": {"type": "string"},
+                        "transformations": {
+                            "type": "string",
+                            "description": "One variant to make with the upload, e.g. "
+                            "`resize:800x600,fit:cover,grayscale,format:webp,quality:80`",
+                        },
+                        "width": {"type": "integer", "description": "Variant width"},
+                        "height": {"type": "integer", "description": "Variant height"},
+                        "preserve_ratio": {
+                            "type": "boolean",
+                            "description": "false: stretch to width x height (fit fill)",
+                        },
                     },
                 }
             },
@@ -64,6 +80,7 @@ UPLOAD_BODY = {
     "/images",
     status_code=202,
     response_model=UploadAccepted,
+    response_model_exclude_none=True,  # `variant` only when the form asked for one
     responses=error_responses(401, 408, 413, 415, 422, 429, 503, 507),
     openapi_extra=UPLOAD_BODY,
     summary='Upload an image (multipart field `file`), or have it fetched (JSON `{"url"}`)',
@@ -77,6 +94,7 @@ async def upload_image(
     uploads: UploadsDep,
     request_id: RequestId,
     principal: PrincipalDep,
+    variants: VariantsDep,
 ) -> UploadAccepted:
     if is_json(request):
         return await _accept_url(request, response, settings, ingest, request_id, principal)
@@ -84,18 +102,31 @@ async def upload_image(
         await ingest.check_room()
         try:
             async with asyncio.timeout(settings.upload_timeout):
-                spooled = await receive_file(
+                received = await receive_form(
                     request, settings.spool_path, settings.max_file_size, settings.max_form_parts
                 )
         except TimeoutError as exc:
             raise errors.upload_timeout(settings.upload_timeout) from exc
-        callback = await _checked_callback(spooled.fields.get("callback_url"), settings, spooled)
-        accepted = await ingest(spooled, request_id, principal.subject, callback)
+        callback = await _checked_callback(
+            received.fields.get("callback_url"), settings, received.spooled
+        )
+        spec = await _asked_variant(received, variants)
+        accepted = await ingest(received.spooled, request_id, principal.subject, callback, spec)
     response.headers["Location"] = f"/images/{accepted.id}"
+    variant = accepted.variant
     return UploadAccepted(
         id=accepted.id,
         status=accepted.status,
         message="Image accepted; poll the Location URL for thumbnails.",
+        variant=(
+            VariantAccepted(
+                id=variant.id,
+                status=variant.status,
+                location=f"/images/{accepted.id}/variants/{variant.id}",
+            )
+            if variant is not None
+            else None
+        ),
     )
 
 
@@ -148,6 +179,28 @@ async def _checked_callback(url: str | None, settings: Settings, spooled: Spoole
         await discard_spool(spooled.path)
         raise
     return url
+
+
+async def _asked_variant(received: ReceivedForm, variants: VariantRequests) -> VariantSpec | None:
+    """The variant the form's fields ask for; 422 (before anything is stored) when they
+    cannot be read or ask for what no image may have."""
+    fields = received.fields
+    try:
+        spec = spec_from_form(
+            fields.get("transformations"),
+            fields.get("width"),
+            fields.get("height"),
+            fields.get("preserve_ratio"),
+        )
+        if spec is not None:
+            variants.check(spec)
+    except SpecError as exc:
+        await discard_spool(received.spooled.path)
+        raise errors.invalid_transformations(str(exc)) from exc
+    except TooManyVariants as exc:
+        await discard_spool(received.spooled.path)
+        raise errors.too_many_variants(exc.limit) from exc
+    return spec
 
 
 @router.get(
@@ -204,21 +257,23 @@ async def get_image(
 ) -> Any:
     # Subscribe before the first read: a change committed after it still wakes the wait.
     with notifier.watch(str(image_id)) as watch:
-        row = await _load(repo, image_id, principal)
+        row, variants = await _snapshot(repo, image_id, principal)
         known = request.headers.get("if-none-match")
         deadline = time.monotonic() + min(wait, settings.max_poll_wait)
         first = row
-        while not row.finished and not _changed(first, row, known, base, store):
+        while not row.finished and not _changed(first, row, variants, known, base, store):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             await watch.wait(remaining)
-            row = await _load(repo, image_id, principal)
-    headers = {**poll_headers(row, base, store), **private_headers(settings)}
+            row, variants = await _snapshot(repo, image_id, principal)
+    headers = {**poll_headers(row, base, store, variants), **private_headers(settings)}
     if known is not None and known == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
-    return present(row, base, settings.thumbnail_boxes, store)
+    shown = present(row, base, settings.thumbnail_boxes, store)
+    shown.variants = present_variants(variants, base, store)
+    return shown
 
 
 def private_headers(settings: Settings) -> dict[str, str]:
@@ -229,17 +284,25 @@ def private_headers(settings: Settings) -> dict[str, str]:
 
 
 async def _load(repo: Repo, image_id: uuid.UUID, principal: Principal) -> ImageRecord:
-    """The row, if the principal may see it; someone else's is exactly as unknown (404)."""
-    row = await repo.get(image_id)
-    if row is None or not principal.can_see(row.owner):
-        raise errors.image_not_found(image_id)
-    return row
+    return await visible_image(repo, image_id, principal)
+
+
+async def _snapshot(
+    repo: Repo, image_id: uuid.UUID, principal: Principal
+) -> tuple[ImageRecord, list[VariantRecord]]:
+    row = await _load(repo, image_id, principal)
+    return row, await repo.variants.for_image(image_id)
 
 
 def _changed(
-    first: ImageRecord, current: ImageRecord, known: str | None, base: str, store: Store
+    first: ImageRecord,
+    current: ImageRecord,
+    variants: list[VariantRecord],
+    known: str | None,
+    base: str,
+    store: Store,
 ) -> bool:
     """With If-None-Match, a change is a new ETag; without it, a new status."""
     if known is not None:
-        return etag(current, base, store) != known
+        return etag(current, base, store, variants) != known
     return current.status != first.status

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from thumbnailer.worker.handlers.base import Context, Handler, Result
 from thumbnailer.worker.handlers.fetch import FetchHandler
 from thumbnailer.worker.handlers.thumbnails import ThumbnailHandler
+from thumbnailer.worker.handlers.variant import VariantHandler
 from thumbnailer.worker.handlers.webhook import WebhookHandler
 
 HANDLERS: tuple[Callable[[Context], Handler], ...] = (
     ThumbnailHandler,
+    VariantHandler,
     FetchHandler,
     WebhookHandler,
 )

@@ -119,6 +119,7 @@ class ThumbnailHandler:
                 max_scans=settings.max_jpeg_scans,
                 max_decode_bytes=settings.max_decode_memory,
                 timings=timings,
+                output_format=settings.thumbnail_format,
             )
         finally:
             metrics.POOL_BUSY.dec()
