@@ -100,6 +100,19 @@ def test_an_mp4_or_a_cut_file_is_refused_not_crashed(fmt: str) -> None:
         imaging.make_thumbnails(data[: len(data) // 2], BOXES, max_pixels=LIMIT)
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_a_header_claiming_too_many_pixels_is_refused_before_decoding(fmt: str) -> None:
+    """The size is read from the `ispe` box; a small file claiming 12000x12000 is a bomb."""
+    data = bytearray(ENCODERS[fmt](Image.new("RGB", (64, 64), (1, 2, 3))))
+    ispe = data.find(b"ispe")
+    assert ispe > 0
+    data[ispe + 8 : ispe + 16] = (12000).to_bytes(4, "big") * 2
+    with pytest.raises(imaging.ImageTooLarge, match="12000x12000"):
+        imaging.probe(bytes(data), LIMIT)
+    with pytest.raises(imaging.ImageTooLarge):
+        imaging.make_thumbnails(bytes(data), BOXES, max_pixels=LIMIT)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
 def test_orientation_is_applied_once(fmt: str, orientation: int) -> None:

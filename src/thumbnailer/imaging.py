@@ -13,7 +13,14 @@ lossy WebP with a lossless alpha plane, all sizes alike. PNG keeps the alpha too
 photographic content its zlib encoder is both the slowest and by far the largest choice, while
 WebP is a ninth of the size at the same speed and every current browser displays it; a lower
 WebP effort saves time for more bytes, and thumbnails are encoded once and served many times,
-so bytes win (bench/results/imaging-decisions.md §2).
+so bytes win (bench/results/imaging-decisions.md §2). That is THUMBNAIL_FORMAT=auto; webp or
+avif write every image in that format. Variants (make_variant) are made the same way from the
+original, drafted for their own size, and written as JPEG, PNG, WebP or AVIF as they ask.
+
+Inputs beyond JPEG, PNG, WebP and GIF: AVIF through Pillow's own plugin (libavif, which hands
+over the stored pixels with the irot/imir orientation as an EXIF tag, applied here as for a
+JPEG) and HEIC/HEIF through pillow-heif (libheif, which applies irot/imir itself and resets the
+EXIF tag, so nothing is turned twice). Neither decodes at a reduced scale.
 
 The pixel limit is ours alone: formats are recognised by their signature and opened through
 their Pillow plugin directly, so Pillow's process-wide MAX_IMAGE_PIXELS guard is neither

@@ -15,7 +15,6 @@ import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiofiles.os
 import anyio.to_thread
@@ -27,13 +26,10 @@ from thumbnailer.leftovers import remove_files_older_than
 from thumbnailer.logging import get_logger
 from thumbnailer.records import NewImage, NewSource, Original, Status, VariantRecord
 from thumbnailer.repo import Repo, RepoUnavailable
+from thumbnailer.repo.variants import TooManyVariants
 from thumbnailer.store import Store, StoreError, original_key
 from thumbnailer.variant_spec import VariantSpec
-
-if TYPE_CHECKING:
-    from thumbnailer.variants import VariantRequests
-
-from thumbnailer.repo.variants import TooManyVariants
+from thumbnailer.variants import VariantRequests
 
 log = get_logger(__name__)
 FREE_SPACE_TTL = 1.0

@@ -30,11 +30,10 @@ from thumbnailer.api.multipart import ReceivedForm, receive_form
 from thumbnailer.api.pagination import decode_cursor, encode_cursor
 from thumbnailer.api.presenters import etag, poll_headers, present, present_variants
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted, VariantAccepted
-from thumbnailer.api.url_body import UrlUpload, is_json, read_url_upload
+from thumbnailer.api.url_ingest import UrlUpload, accept_url, checked_callback, is_json
 from thumbnailer.auth import Principal
 from thumbnailer.config import Settings
-from thumbnailer.fetch import Policy, UrlNotAllowed, check_url
-from thumbnailer.ingest import Ingest, Spooled, discard_spool
+from thumbnailer.ingest import discard_spool
 from thumbnailer.records import ImageRecord, Status, VariantRecord
 from thumbnailer.repo import Repo
 from thumbnailer.repo.variants import TooManyVariants
@@ -97,7 +96,7 @@ async def upload_image(
     variants: VariantsDep,
 ) -> UploadAccepted:
     if is_json(request):
-        return await _accept_url(request, response, settings, ingest, request_id, principal)
+        return await accept_url(request, response, settings, ingest, request_id, principal)
     with uploads.admit():
         await ingest.check_room()
         try:
@@ -107,7 +106,7 @@ async def upload_image(
                 )
         except TimeoutError as exc:
             raise errors.upload_timeout(settings.upload_timeout) from exc
-        callback = await _checked_callback(
+        callback = await checked_callback(
             received.fields.get("callback_url"), settings, received.spooled
         )
         spec = await _asked_variant(received, variants)
@@ -128,57 +127,6 @@ async def upload_image(
             else None
         ),
     )
-
-
-async def _accept_url(
-    request: Request,
-    response: Response,
-    settings: Settings,
-    ingest: Ingest,
-    request_id: str | None,
-    principal: Principal,
-) -> UploadAccepted:
-    """JSON `{"url"}`: refused at once if the guard can tell, else a row and a fetch job."""
-    source, callback = await read_url_upload(request)
-    await _guard(source, settings)
-    if callback is not None:
-        await _guard_callback(callback, settings)
-    await ingest.check_room()
-    image_id, status = await ingest.submit_url(source, request_id, principal.subject, callback)
-    response.headers["Location"] = f"/images/{image_id}"
-    return UploadAccepted(
-        id=image_id,
-        status=status,
-        message="URL accepted; the image is being fetched. Poll the Location URL.",
-    )
-
-
-async def _guard(url: str, settings: Settings) -> None:
-    policy = Policy.of(settings.url_fetch_allowed_hosts)
-    try:
-        await check_url(url, policy, settings.url_fetch_timeout)
-    except UrlNotAllowed as exc:
-        raise errors.url_not_allowed(exc.reason) from exc
-
-
-async def _guard_callback(url: str, settings: Settings) -> None:
-    if not settings.webhook_secret:
-        raise errors.ApiError(
-            422, "webhooks_disabled", "callback_url needs the server's WEBHOOK_SECRET to be set"
-        )
-    await _guard(url, settings)
-
-
-async def _checked_callback(url: str | None, settings: Settings, spooled: Spooled) -> str | None:
-    """The multipart callback_url, checked; a refused one discards the spooled upload."""
-    if not url:
-        return None
-    try:
-        await _guard_callback(url, settings)
-    except errors.ApiError:
-        await discard_spool(spooled.path)
-        raise
-    return url
 
 
 async def _asked_variant(received: ReceivedForm, variants: VariantRequests) -> VariantSpec | None:

@@ -25,6 +25,7 @@ from thumbnailer.api.errors import error_responses
 from thumbnailer.api.presenters import present_variant
 from thumbnailer.api.routes.images import private_headers
 from thumbnailer.api.schemas import VariantIn, VariantOut
+from thumbnailer.auth import Principal
 from thumbnailer.records import VariantRecord
 from thumbnailer.repo import Repo
 from thumbnailer.repo.variants import TooManyVariants, UnknownImage
@@ -116,7 +117,7 @@ async def get_variant(
 
 
 async def _load(
-    repo: Repo, image_id: uuid.UUID, variant_id: uuid.UUID, principal: PrincipalDep
+    repo: Repo, image_id: uuid.UUID, variant_id: uuid.UUID, principal: Principal
 ) -> VariantRecord:
     """Through the image: a variant of someone else's image is as unknown as the image."""
     await visible_image(repo, image_id, principal)
