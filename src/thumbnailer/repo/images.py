@@ -18,6 +18,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    delete,
+    exists,
     func,
     insert,
     or_,
@@ -83,6 +85,20 @@ _TO_PROCESSING = _transition_statement((Status.NEW,), "status")
 _TO_DONE = _transition_statement(OPEN, "status", "thumbnails")
 _TO_ERROR = _transition_statement(OPEN, "status", "error")
 _REOPEN = _transition_statement((Status.ERROR,), "status", "error")
+_EXISTS = select(exists().where(ImageRow.id == bindparam("image_id")))
+
+
+def _delete_statement(by_owner: bool) -> Select[Any]:
+    """DELETE ... RETURNING the row, with a NOTIFY so long-polls wake to their 404 at once."""
+    condition = ImageRow.id == bindparam("image_id")
+    if by_owner:
+        condition = and_(condition, ImageRow.owner == bindparam("owner"))
+    gone = delete(ImageRow).where(condition).returning(*_COLUMNS).cte("gone")
+    return select(*gone.c, func.pg_notify(STATUS_CHANNEL, cast(gone.c.id, Text)))
+
+
+_DELETE_ANY = _delete_statement(by_owner=False)
+_DELETE_OWNED = _delete_statement(by_owner=True)
 
 
 def _record(row: Row[Any]) -> ImageRecord:
@@ -162,6 +178,23 @@ class Repo:
     async def get(self, image_id: uuid.UUID) -> ImageRecord | None:
         async with self._autocommit() as conn:
             row = (await conn.execute(_GET, {"image_id": image_id})).first()
+        return _record(row) if row is not None else None
+
+    async def exists(self, image_id: uuid.UUID) -> bool:
+        async with self._autocommit() as conn:
+            return bool((await conn.execute(_EXISTS, {"image_id": image_id})).scalar())
+
+    async def delete(self, image_id: uuid.UUID, owner: str | None = None) -> ImageRecord | None:
+        """Remove the row (only `owner`'s, when given); the record that was, None if none was.
+
+        Rows of other tables about the image (variants...) go with it (ON DELETE CASCADE).
+        """
+        params: dict[str, object] = {"image_id": image_id}
+        stmt = _DELETE_ANY
+        if owner is not None:
+            stmt, params = _DELETE_OWNED, {**params, "owner": owner}
+        async with self._autocommit() as conn:
+            row = (await conn.execute(stmt, params)).first()
         return _record(row) if row is not None else None
 
     async def mark_processing(self, image_id: uuid.UUID) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from thumbnailer.config import Settings
-from thumbnailer.store.base import Store, StoreError
-from thumbnailer.store.keys import original_key, thumbnail_key
+from thumbnailer.store.base import Store, StoredObject, StoreError
+from thumbnailer.store.keys import image_prefixes, original_key, thumbnail_key
 from thumbnailer.store.local import LocalStore
 from thumbnailer.store.signing import UrlSigner
 
@@ -45,7 +45,9 @@ __all__ = [
     "LocalStore",
     "Store",
     "StoreError",
+    "StoredObject",
     "UrlSigner",
+    "image_prefixes",
     "open_store",
     "original_key",
     "s3_store",

@@ -30,6 +30,7 @@ from thumbnailer.api.presenters import etag, poll_headers, present
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted
 from thumbnailer.auth import Principal
 from thumbnailer.config import Settings
+from thumbnailer.lifecycle import erase_image_files
 from thumbnailer.records import ImageRecord, Status
 from thumbnailer.repo import Repo
 from thumbnailer.store import Store
@@ -158,6 +159,26 @@ async def get_image(
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
     return present(row, base, settings.thumbnail_boxes, store)
+
+
+@router.delete(
+    "/images/{image_id}",
+    status_code=204,
+    responses=error_responses(401, 404, 422, 429, 503),
+    summary="Delete the image, its thumbnails and every file made from it (owner or admin)",
+)
+async def delete_image(
+    repo: RepoDep,
+    store: StoreDep,
+    principal: PrincipalDep,
+    image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
+) -> Response:
+    row = await repo.delete(image_id, owner=principal.owner_filter)
+    if row is None:
+        raise errors.image_not_found(image_id)
+    # After the row: a failure here leaves orphans for the sweep, and the delete has happened.
+    await erase_image_files(store, row)
+    return Response(status_code=204)
 
 
 def private_headers(settings: Settings) -> dict[str, str]:

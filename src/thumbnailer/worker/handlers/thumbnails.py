@@ -2,6 +2,9 @@
 
 Idempotent: the same keys are overwritten with the same bytes and the status write is
 conditional, so a job delivered twice changes nothing the second time.
+
+An image may be deleted while its job runs: the handler looks for the row again before writing,
+and when the status write finds no row it removes what it wrote, so no file outlives its row.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from thumbnailer import imaging, metrics
-from thumbnailer.broker import THUMBNAILS, Job, PoisonMessage
+from thumbnailer.broker import THUMBNAILS, Job
 from thumbnailer.decode_budget import OverBudget
+from thumbnailer.lifecycle import erase_files
 from thumbnailer.logging import get_logger
 from thumbnailer.records import ImageRecord, ThumbnailEntry
 from thumbnailer.store import thumbnail_key
@@ -24,6 +28,10 @@ from thumbnailer.worker.outcomes import observe_stages
 
 log = get_logger("thumbnailer.worker")
 T = TypeVar("T")
+
+
+class ImageDeleted(Exception):
+    """The row went while the thumbnails were being made: nothing is to be written."""
 
 
 class ThumbnailHandler:
@@ -35,7 +43,8 @@ class ThumbnailHandler:
     async def run(self, job: Job) -> Result:
         row = await self.ctx.repo.get(job.image_id)
         if row is None:
-            raise PoisonMessage(f"no image with id {job.image_id}")
+            # Deleted (or never there): nothing to make, and nothing a retry could fix.
+            return Result("skipped", {"reason": "image deleted"})
         if row.finished:
             return Result("skipped", {"status": row.status})
         started = time.perf_counter()
@@ -45,13 +54,28 @@ class ThumbnailHandler:
         except (imaging.ImagingError, OverBudget) as exc:
             await self.ctx.repo.mark_error(row.id, str(exc))
             return Result("error", {"reason": str(exc)})
+        except ImageDeleted:
+            return Result("skipped", {"reason": "image deleted"})
         finally:
             observe_stages(timings)
-        await self.ctx.repo.mark_done(row.id, entries)
+        if not await self.ctx.repo.mark_done(row.id, entries):
+            await self._clean_up_if_deleted(row, entries)
         return Result("done", {"duration_ms": round((time.perf_counter() - started) * 1000, 1)})
 
     async def give_up(self, job: Job, reason: str) -> None:
         await self.ctx.repo.mark_error(job.image_id, reason)
+
+    async def _clean_up_if_deleted(
+        self, row: ImageRecord, entries: dict[str, ThumbnailEntry]
+    ) -> None:
+        """The status write found no open row: finished by another delivery, or deleted.
+
+        Deleted while we wrote: what we wrote has no row any more, so it goes now.
+        """
+        if await self.ctx.repo.exists(row.id):
+            return
+        removed = await erase_files(self.ctx.store, row.id, [e.key for e in entries.values()])
+        log.info("job_lost_to_delete", removed=removed)
 
     async def _make(self, row: ImageRecord, timings: dict[str, float]) -> dict[str, ThumbnailEntry]:
         started = time.perf_counter()
@@ -60,6 +84,8 @@ class ThumbnailHandler:
         need = await self._in_pool(self._estimate, source)
         async with self.ctx.memory.reserve(need):
             thumbnails = await self._in_pool(self._imaging, source, timings)
+        if not await self.ctx.repo.exists(row.id):
+            raise ImageDeleted(row.id)
         started = time.perf_counter()
         entries = {
             thumb.label: ThumbnailEntry(
