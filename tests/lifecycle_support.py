@@ -41,12 +41,18 @@ class GatedStore(LocalStore):
         super().__init__(root)
         self.before_read: Barrier | None = None
         self.before_put: Barrier | None = None
+        self.before_put_file: Barrier | None = None
         self.puts: list[str] = []
 
     async def read(self, key: str) -> bytes:
         if self.before_read is not None and key.startswith("originals/"):
             await self.before_read.pass_through()
         return await super().read(key)
+
+    async def put_file(self, key: str, path: Path, media_type: str) -> None:
+        if self.before_put_file is not None:
+            await self.before_put_file.pass_through()
+        await super().put_file(key, path, media_type)
 
     async def put(self, key: str, data: bytes, media_type: str) -> None:
         if self.before_put is not None:

@@ -202,6 +202,12 @@ class Settings(BaseSettings):
     processing_timeout: float = Field(
         600.0, gt=0, description="Seconds a row may stay PROCESSING before it is published again."
     )
+    idempotency_ttl: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds an Idempotency-Key is remembered: a retry within it replays the "
+        "first answer instead of uploading again.",
+    )
     auth_mode: Literal["none", "jwt"] = Field(
         "none",
         description="none: anyone who reaches the API may do anything (a trusted front); "

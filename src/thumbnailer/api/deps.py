@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 
 from thumbnailer import metrics
 from thumbnailer.api import errors
+from thumbnailer.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from thumbnailer.api.idempotency import Idempotency, parse_key
 from thumbnailer.api.proxy import FORWARDED_HOST
 from thumbnailer.api.ratelimit import Limit, RateLimiter
 from thumbnailer.api.services import Services, UploadGate
@@ -16,7 +18,7 @@ from thumbnailer.auth import AuthUnavailable, InvalidToken, Principal
 from thumbnailer.broker import Broker
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest
-from thumbnailer.repo import Repo, StatusNotifier
+from thumbnailer.repo import KeyName, Repo, StatusNotifier
 from thumbnailer.store import Store
 
 
@@ -118,6 +120,22 @@ async def limit_uploads(request: Request, principal: PrincipalDep) -> None:
     await _spend(request, principal, services(request).limiter.uploads)
 
 
+def _idempotency(request: Request, principal: PrincipalDep) -> Idempotency:
+    """The request's Idempotency-Key, scoped to its caller and to this route (422 if malformed).
+
+    In AUTH_MODE=none there is no caller to tell apart: keys share one scope, which random keys
+    (UUIDs) keep apart.
+    """
+    found = services(request)
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    name = None
+    if raw is not None:
+        route = request.scope.get("route")
+        operation = f"{request.method} {getattr(route, 'path', request.url.path)}"
+        name = KeyName(principal.subject or "", operation, parse_key(raw))
+    return Idempotency(found.idempotency_keys, name, found.settings.idempotency_ttl)
+
+
 def _request_id() -> str | None:
     return correlation_id.get()
 
@@ -131,4 +149,5 @@ IngestDep = Annotated[Ingest, Depends(_ingest)]
 UploadsDep = Annotated[UploadGate, Depends(_uploads)]
 LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
 UrlBase = Annotated[str, Depends(_url_base)]
+IdempotencyDep = Annotated[Idempotency, Depends(_idempotency)]
 RequestId = Annotated[str | None, Depends(_request_id)]

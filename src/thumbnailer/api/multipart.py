@@ -7,12 +7,13 @@ and the request is refused the moment the byte count passes the limit.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiofiles
 from python_multipart.exceptions import MultipartParseError
@@ -45,6 +46,9 @@ class _PartState:
     file_parts: int = 0
     filename: str | None = None
     pending: list[bytes] = field(default_factory=list)
+    # Fingerprinting: one hash of every part's digest and headers, one hash per part's data.
+    request_digest: Any = None
+    part_digest: Any = None
 
     def on_part_begin(self) -> None:
         self.headers = {}
@@ -52,6 +56,8 @@ class _PartState:
         self.parts += 1
         if self.parts > self.max_parts:
             raise TooManyParts(self.max_parts)
+        if self.request_digest is not None:
+            self.part_digest = hashlib.sha256()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]
@@ -73,11 +79,25 @@ class _PartState:
             self.filename = clean_filename(raw.decode("utf-8", "replace")) if raw else None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.part_digest is not None:
+            self.part_digest.update(data[start:end])
         if self.in_file and self.file_parts == 1:
             self.pending.append(data[start:end])
 
     def on_part_end(self) -> None:
         self.in_file = False
+        if self.request_digest is not None and self.part_digest is not None:
+            # Length-prefixed, so no part's bytes can pass for another's headers.
+            _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+            described = [
+                options.get(b"name", b""),
+                options.get(b"filename", b""),
+                self.headers.get(b"content-type", b""),
+                self.part_digest.digest(),
+            ]
+            for item in described:
+                self.request_digest.update(len(item).to_bytes(8, "big") + item)
+            self.part_digest = None
 
 
 class TooManyParts(Exception):
@@ -109,12 +129,17 @@ def declared_length(request: Request) -> int | None:
 
 
 async def receive_file(
-    request: Request, spool: Path, max_size: int, max_parts: int = 16
+    request: Request,
+    spool: Path,
+    max_size: int,
+    max_parts: int = 16,
+    fingerprint: bool = False,
 ) -> Spooled:
     """Stream field `file` into a new file under `spool`; ingest consumes it.
 
     Every byte of the body counts: the file against `max_size`, the whole body against
-    `max_size` plus a small allowance for framing and other fields.
+    `max_size` plus a small allowance for framing and other fields. With `fingerprint`, every
+    part is hashed on the way (the boundary is the client's random choice, so not the raw body).
     """
     boundary = multipart_boundary(request)
     # A body declared past the limit is refused without being stored (read and dropped if it
@@ -125,6 +150,8 @@ async def receive_file(
             await _drain(request.stream(), length)
         raise errors.file_too_large(max_size)
     state = _PartState(max_parts=max_parts)
+    if fingerprint:
+        state.request_digest = hashlib.sha256()
     parser = MultipartParser(boundary, _callbacks(state))
     tmp = spool / secrets.token_hex(16)
     try:
@@ -144,7 +171,8 @@ async def receive_file(
     if state.file_parts != 1:
         await discard_spool(tmp)
         raise errors.file_parts(state.file_parts)
-    return Spooled(path=tmp, size=size, filename=state.filename)
+    digest = state.request_digest.hexdigest() if state.request_digest is not None else None
+    return Spooled(path=tmp, size=size, filename=state.filename, fingerprint=digest)
 
 
 async def _stream_to(

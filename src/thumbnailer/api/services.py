@@ -12,7 +12,7 @@ from thumbnailer.auth import TokenVerifier
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest, Limits
-from thumbnailer.repo import Repo, StatusNotifier
+from thumbnailer.repo import IdempotencyKeys, Repo, StatusNotifier
 from thumbnailer.store import Store, open_store
 
 
@@ -27,6 +27,7 @@ class Services:
     uploads: UploadGate
     limiter: RateLimiter
     verifier: TokenVerifier | None  # None in AUTH_MODE=none: every request is the operator
+    idempotency_keys: IdempotencyKeys
 
 
 class UploadGate:
@@ -63,4 +64,5 @@ def build_services(settings: Settings) -> Services:
         uploads=UploadGate(settings.max_concurrent_uploads),
         limiter=RateLimiter(settings),
         verifier=TokenVerifier(settings) if settings.auth_mode == "jwt" else None,
+        idempotency_keys=IdempotencyKeys(repo),
     )

@@ -158,6 +158,13 @@ class Repo:
     def _transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return _translating(self.engine.begin())
 
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """One autocommit connection, for the other tables' modules in this package."""
+        return self._autocommit()
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self._transaction()
+
     async def add(self, new: NewImage) -> None:
         values = {
             "id": new.id,

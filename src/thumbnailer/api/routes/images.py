@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from thumbnailer.api import errors
 from thumbnailer.api.deps import (
+    IdempotencyDep,
     IngestDep,
     NotifierDep,
     PrincipalDep,
@@ -30,6 +31,7 @@ from thumbnailer.api.presenters import etag, poll_headers, present
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted
 from thumbnailer.auth import Principal
 from thumbnailer.config import Settings
+from thumbnailer.ingest import discard_spool
 from thumbnailer.lifecycle import erase_image_files
 from thumbnailer.records import ImageRecord, Status
 from thumbnailer.repo import Repo
@@ -58,9 +60,9 @@ UPLOAD_BODY = {
     "/images",
     status_code=202,
     response_model=UploadAccepted,
-    responses=error_responses(401, 408, 413, 415, 422, 429, 503, 507),
+    responses=error_responses(401, 408, 409, 413, 415, 422, 429, 503, 507),
     openapi_extra=UPLOAD_BODY,
-    summary="Upload an image (multipart field `file`)",
+    summary="Upload an image (multipart field `file`; an Idempotency-Key makes retries safe)",
     dependencies=[Depends(limit_uploads)],
 )
 async def upload_image(
@@ -71,23 +73,36 @@ async def upload_image(
     uploads: UploadsDep,
     request_id: RequestId,
     principal: PrincipalDep,
-) -> UploadAccepted:
+    idempotency: IdempotencyDep,
+) -> Any:
     with uploads.admit():
         await ingest.check_room()
         try:
             async with asyncio.timeout(settings.upload_timeout):
                 spooled = await receive_file(
-                    request, settings.spool_path, settings.max_file_size, settings.max_form_parts
+                    request,
+                    settings.spool_path,
+                    settings.max_file_size,
+                    settings.max_form_parts,
+                    fingerprint=idempotency.name is not None,
                 )
         except TimeoutError as exc:
             raise errors.upload_timeout(settings.upload_timeout) from exc
-        accepted = await ingest(spooled, request_id, principal.subject)
-    response.headers["Location"] = f"/images/{accepted.id}"
-    return UploadAccepted(
-        id=accepted.id,
-        status=accepted.status,
-        message="Image accepted; poll the Location URL for thumbnails.",
-    )
+        try:
+            async with idempotency.claim(spooled.fingerprint) as claim:
+                if claim.replay is not None:
+                    return claim.replayed()  # the first upload's answer; nothing stored again
+                accepted = await ingest(spooled, request_id, principal.subject)
+                response.headers["Location"] = f"/images/{accepted.id}"
+                body = UploadAccepted(
+                    id=accepted.id,
+                    status=accepted.status,
+                    message="Image accepted; poll the Location URL for thumbnails.",
+                )
+                claim.remember(202, body.model_dump(mode="json"), dict(response.headers))
+                return body
+        finally:
+            await discard_spool(spooled.path)  # ingest consumed it, unless it never ran
 
 
 @router.get(
