@@ -7,8 +7,8 @@ database library sits underneath.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any
 
@@ -203,6 +203,69 @@ class Repo:
         async with self._autocommit() as conn:
             row = (await conn.execute(stmt, params)).first()
         return _record(row) if row is not None else None
+
+    async def delete_expired(
+        self, older_than_days: float, error_older_than_days: float, limit: int
+    ) -> list[ImageRecord]:
+        """One batch of rows past retention, deleted; the records that were, oldest first.
+
+        Past `older_than_days` since upload, or ERROR for `error_older_than_days` since it
+        failed (0 turns either off). SKIP LOCKED and RETURNING: of two callers at once, each row
+        goes to exactly one.
+        """
+        now = func.now()
+        expired = []
+        if older_than_days > 0:
+            expired.append(ImageRow.created_at < now - _seconds(older_than_days * 86400))
+        if error_older_than_days > 0:
+            expired.append(
+                and_(
+                    ImageRow.status == Status.ERROR.value,
+                    ImageRow.updated_at < now - _seconds(error_older_than_days * 86400),
+                )
+            )
+        if not expired:
+            return []
+        pick = (
+            select(ImageRow.id)
+            .where(or_(*expired))
+            .order_by(ImageRow.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = delete(ImageRow).where(ImageRow.id.in_(pick.scalar_subquery())).returning(*_COLUMNS)
+        async with self._transaction() as conn:
+            return [_record(row) for row in await conn.execute(stmt)]
+
+    async def without_rows(self, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of `ids` no row has: their files are orphans."""
+        wanted = set(ids)
+        if not wanted:
+            return set()
+        stmt = select(ImageRow.id).where(ImageRow.id.in_(list(wanted)))
+        async with self._autocommit() as conn:
+            found = {row.id for row in await conn.execute(stmt)}
+        return wanted - found
+
+    @asynccontextmanager
+    async def exclusive(self, lock_id: int) -> AsyncIterator[bool]:
+        """A PostgreSQL advisory lock across every process on the database, if free: True
+        inside when this caller holds it. A session lock on a connection held meanwhile, so a
+        process that dies releases it with its connection."""
+        conn = self.autocommit.connect()
+        try:
+            await conn.start()
+            held = bool((await conn.execute(select(func.pg_try_advisory_lock(lock_id)))).scalar())
+        except (SQLAlchemyError, OSError) as exc:
+            await conn.close()
+            raise RepoUnavailable(str(exc) or type(exc).__name__) from exc
+        try:
+            yield held
+        finally:
+            with suppress(SQLAlchemyError, OSError):  # a lost connection released it anyway
+                if held:
+                    await conn.execute(select(func.pg_advisory_unlock(lock_id)))
+            await conn.close()
 
     async def mark_processing(self, image_id: uuid.UUID) -> bool:
         """NEW -> PROCESSING only; a worker that already finished keeps its DONE."""
