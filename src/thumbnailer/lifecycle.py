@@ -1,4 +1,5 @@
-"""The end of an image's life, shared by DELETE, the retention sweep and the worker.
+"""The later life of an image, shared by the routes, the retention sweep, the CLI and the
+worker: its end (files erased) and its thumbnails made again (reprocess).
 
 The row always goes first and the files after it: a crash in between leaves files no row points
 at (the sweep removes them), never a row pointing at files that are gone.
@@ -7,11 +8,15 @@ at (the sweep removes them), never a row pointing at files that are gone.
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import uuid
 from collections.abc import Iterable
 
+from thumbnailer.broker import THUMBNAILS, Broker, Job, PoisonMessage
 from thumbnailer.logging import get_logger
-from thumbnailer.records import ImageRecord
+from thumbnailer.records import ImageRecord, Status
+from thumbnailer.repo import Repo
 from thumbnailer.store import Store, StoreError, image_prefixes
 
 log = get_logger(__name__)
@@ -37,3 +42,49 @@ async def erase_image_files(store: Store, row: ImageRecord) -> bool:
         log.warning("orphan_files_left", image_id=str(row.id), error=str(exc))
         return False
     return True
+
+
+GENERATION_ARG = "generation"
+_GENERATION_SHAPE = re.compile(r"^[0-9a-f]{1,32}$")
+
+
+class NotFinished(Exception):
+    """The image is still being processed: its job will make the sizes now configured."""
+
+
+def new_generation() -> str:
+    """A name for one round of remaking, so its files never overwrite a URL handed out."""
+    return secrets.token_hex(6)
+
+
+def generation_of(job: Job) -> str | None:
+    """The round a thumbnail job remakes; None for the first job after the upload."""
+    value = job.args.get(GENERATION_ARG)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _GENERATION_SHAPE.match(value):
+        raise PoisonMessage(f"malformed generation {value!r}")
+    return value
+
+
+class Reprocessor:
+    """Sends a finished image round again: its thumbnails are made anew with the sizes now
+    configured. A DONE image stays DONE with its old thumbnails until the new set replaces
+    them in one statement; an ERROR image is reopened (PROCESSING) first."""
+
+    def __init__(self, repo: Repo, broker: Broker) -> None:
+        self.repo, self.broker = repo, broker
+
+    async def __call__(self, row: ImageRecord, request_id: str | None = None) -> Status:
+        """Raises NotFinished, BrokerUnavailable, RepoUnavailable."""
+        if not row.finished:
+            raise NotFinished(str(row.id))
+        status = row.status
+        if status == Status.ERROR:
+            if not await self.repo.reopen(row.id):
+                raise NotFinished(str(row.id))  # reopened by another caller just now
+            status = Status.PROCESSING
+        job = Job(THUMBNAILS, row.id, request_id, args={GENERATION_ARG: new_generation()})
+        # A reopened row whose publish fails is PROCESSING: the relay sends it round later.
+        await self.broker.publish(job)
+        return status

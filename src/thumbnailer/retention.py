@@ -97,6 +97,8 @@ class Sweeper:
                 await self.sweep()
             except (RepoUnavailable, StoreError) as exc:
                 log.warning("retention_sweep_failed", error=str(exc))
+            except Exception:  # a bug must not end the sweeps for the life of the process
+                log.exception("retention_sweep_crashed")
             await asyncio.sleep(self.interval)
 
     async def _expired_images(self, swept: Swept) -> None:

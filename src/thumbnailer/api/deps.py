@@ -18,6 +18,7 @@ from thumbnailer.auth import AuthUnavailable, InvalidToken, Principal
 from thumbnailer.broker import Broker
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest
+from thumbnailer.lifecycle import Reprocessor
 from thumbnailer.repo import KeyName, Repo, StatusNotifier
 from thumbnailer.store import Store
 
@@ -57,6 +58,10 @@ def _uploads(request: Request) -> UploadGate:
 
 def _limiter(request: Request) -> RateLimiter:
     return services(request).limiter
+
+
+def _reprocessor(request: Request) -> Reprocessor:
+    return services(request).reprocessor
 
 
 def _url_base(request: Request) -> str:
@@ -148,6 +153,7 @@ NotifierDep = Annotated[StatusNotifier, Depends(_notifier)]
 IngestDep = Annotated[Ingest, Depends(_ingest)]
 UploadsDep = Annotated[UploadGate, Depends(_uploads)]
 LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
+ReprocessorDep = Annotated[Reprocessor, Depends(_reprocessor)]
 UrlBase = Annotated[str, Depends(_url_base)]
 IdempotencyDep = Annotated[Idempotency, Depends(_idempotency)]
 RequestId = Annotated[str | None, Depends(_request_id)]

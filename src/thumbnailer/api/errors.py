@@ -111,6 +111,15 @@ def image_not_found(image_id: uuid.UUID) -> ApiError:
     return ApiError(404, "image_not_found", f"no image with id {image_id}")
 
 
+QUEUE_DOWN = ApiError(
+    503, "queue_unavailable", "the job queue is unavailable; retry shortly", {"Retry-After": "5"}
+)
+IMAGE_NOT_FINISHED = ApiError(
+    409,
+    "image_not_finished",
+    "the image is still being processed; its thumbnails will have the sizes now configured",
+)
+
 INVALID_IDEMPOTENCY_KEY = ApiError(
     422,
     "invalid_idempotency_key",

@@ -12,6 +12,7 @@ from thumbnailer.auth import TokenVerifier
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest, Limits
+from thumbnailer.lifecycle import Reprocessor
 from thumbnailer.repo import IdempotencyKeys, Repo, StatusNotifier
 from thumbnailer.store import Store, open_store
 
@@ -28,6 +29,7 @@ class Services:
     limiter: RateLimiter
     verifier: TokenVerifier | None  # None in AUTH_MODE=none: every request is the operator
     idempotency_keys: IdempotencyKeys
+    reprocessor: Reprocessor
 
 
 class UploadGate:
@@ -65,4 +67,5 @@ def build_services(settings: Settings) -> Services:
         limiter=RateLimiter(settings),
         verifier=TokenVerifier(settings) if settings.auth_mode == "jwt" else None,
         idempotency_keys=IdempotencyKeys(repo),
+        reprocessor=Reprocessor(repo, broker),
     )

@@ -24,9 +24,11 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB, array
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -85,6 +87,20 @@ _TO_PROCESSING = _transition_statement((Status.NEW,), "status")
 _TO_DONE = _transition_statement(OPEN, "status", "thumbnails")
 _TO_ERROR = _transition_statement(OPEN, "status", "error")
 _REOPEN = _transition_statement((Status.ERROR,), "status", "error")
+# Thumbnails made again: the new set replaces the old in one statement (readers see one or the
+# other), and the old set comes back so the caller can remove the files only it named.
+_REPLACE_THUMBNAILS = text("""
+    WITH old AS (
+        SELECT id, thumbnails FROM images
+        WHERE id = :image_id AND status IN ('NEW', 'PROCESSING', 'DONE') FOR UPDATE
+    ), changed AS (
+        UPDATE images SET status = 'DONE', thumbnails = :thumbnails, error = NULL,
+                          updated_at = now()
+        FROM old WHERE images.id = old.id
+        RETURNING images.id, old.thumbnails AS previous
+    )
+    SELECT previous, pg_notify(:channel, CAST(id AS text)) FROM changed
+    """).bindparams(bindparam("thumbnails", type_=JSONB), bindparam("channel", STATUS_CHANNEL))
 _EXISTS = select(exists().where(ImageRow.id == bindparam("image_id")))
 
 
@@ -255,6 +271,9 @@ class Repo:
         conn = self.autocommit.connect()
         try:
             await conn.start()
+        except (SQLAlchemyError, OSError) as exc:
+            raise RepoUnavailable(str(exc) or type(exc).__name__) from exc
+        try:
             held = bool((await conn.execute(select(func.pg_try_advisory_lock(lock_id)))).scalar())
         except (SQLAlchemyError, OSError) as exc:
             await conn.close()
@@ -278,6 +297,43 @@ class Repo:
         return await self._transition(
             _TO_DONE, image_id, status=Status.DONE.value, thumbnails=as_json
         )
+
+    async def replace_thumbnails(
+        self, image_id: uuid.UUID, thumbnails: Mapping[str, ThumbnailEntry]
+    ) -> dict[str, ThumbnailEntry] | None:
+        """Thumbnails made again: the row is DONE with these; the set it had before comes
+        back. None when no row could take them (deleted, or ERROR meanwhile)."""
+        as_json = {label: entry.to_json() for label, entry in thumbnails.items()}
+        async with self._autocommit() as conn:
+            found = (
+                await conn.execute(
+                    _REPLACE_THUMBNAILS, {"image_id": image_id, "thumbnails": as_json}
+                )
+            ).first()
+        if found is None:
+            return None
+        return {label: ThumbnailEntry.from_json(entry) for label, entry in (found[0] or {}).items()}
+
+    async def reprocess_candidates(
+        self,
+        statuses: tuple[Status, ...],
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None = None,
+        older_than: float | None = None,
+        lacking: tuple[str, ...] = (),
+    ) -> list[ImageRecord]:
+        """Oldest first from `after` (created_at, id): rows in `statuses`, uploaded more than
+        `older_than` seconds ago, whose thumbnails lack one of the labels in `lacking`."""
+        stmt = select(*_COLUMNS).where(ImageRow.status.in_([s.value for s in statuses]))
+        if after is not None:
+            stmt = stmt.where(tuple_(ImageRow.created_at, ImageRow.id) > tuple_(*after))
+        if older_than is not None:
+            stmt = stmt.where(ImageRow.created_at < func.now() - _seconds(older_than))
+        if lacking:
+            stmt = stmt.where(~ImageRow.thumbnails.has_all(array(lacking)))
+        stmt = stmt.order_by(ImageRow.created_at, ImageRow.id).limit(limit)
+        async with self._autocommit() as conn:
+            return [_record(row) for row in await conn.execute(stmt)]
 
     async def mark_error(self, image_id: uuid.UUID, reason: str) -> bool:
         return await self._transition(

@@ -16,6 +16,7 @@ from thumbnailer.api.deps import (
     NotifierDep,
     PrincipalDep,
     RepoDep,
+    ReprocessorDep,
     RequestId,
     SettingsDep,
     StoreDep,
@@ -30,9 +31,10 @@ from thumbnailer.api.pagination import decode_cursor, encode_cursor
 from thumbnailer.api.presenters import etag, poll_headers, present
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted
 from thumbnailer.auth import Principal
+from thumbnailer.broker import BrokerUnavailable
 from thumbnailer.config import Settings
 from thumbnailer.ingest import discard_spool
-from thumbnailer.lifecycle import erase_image_files
+from thumbnailer.lifecycle import NotFinished, erase_image_files
 from thumbnailer.records import ImageRecord, Status
 from thumbnailer.repo import Repo
 from thumbnailer.store import Store
@@ -194,6 +196,37 @@ async def delete_image(
     # After the row: a failure here leaves orphans for the sweep, and the delete has happened.
     await erase_image_files(store, row)
     return Response(status_code=204)
+
+
+@router.post(
+    "/images/{image_id}/reprocess",
+    status_code=202,
+    response_model=UploadAccepted,
+    responses=error_responses(401, 404, 409, 422, 429, 503),
+    summary="Make the thumbnails again, in the sizes now configured (owner or admin)",
+    dependencies=[Depends(limit_uploads)],
+)
+async def reprocess_image(
+    response: Response,
+    repo: RepoDep,
+    reprocess: ReprocessorDep,
+    principal: PrincipalDep,
+    request_id: RequestId,
+    image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
+) -> UploadAccepted:
+    row = await _load(repo, image_id, principal)
+    try:
+        status = await reprocess(row, request_id)
+    except NotFinished as exc:
+        raise errors.IMAGE_NOT_FINISHED from exc
+    except BrokerUnavailable as exc:
+        raise errors.QUEUE_DOWN from exc
+    response.headers["Location"] = f"/images/{image_id}"
+    return UploadAccepted(
+        id=row.id,
+        status=status,
+        message="Thumbnails are being made again; the current ones are served until then.",
+    )
 
 
 def private_headers(settings: Settings) -> dict[str, str]:

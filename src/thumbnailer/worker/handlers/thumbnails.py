@@ -3,6 +3,9 @@
 Idempotent: the same keys are overwritten with the same bytes and the status write is
 conditional, so a job delivered twice changes nothing the second time.
 
+A reprocess job carries a generation: its thumbnails go under a folder of that name and replace
+the row's set in one statement, and a DONE image keeps serving its old set until then.
+
 An image may be deleted while its job runs: the handler looks for the row again before writing,
 and when the status write finds no row it removes what it wrote, so no file outlives its row.
 """
@@ -19,10 +22,11 @@ from typing import Any, ClassVar, TypeVar
 from thumbnailer import imaging, metrics
 from thumbnailer.broker import THUMBNAILS, Job
 from thumbnailer.decode_budget import OverBudget
-from thumbnailer.lifecycle import erase_files
+from thumbnailer.lifecycle import erase_files, generation_of
 from thumbnailer.logging import get_logger
-from thumbnailer.records import ImageRecord, ThumbnailEntry
+from thumbnailer.records import ImageRecord, Status, ThumbnailEntry
 from thumbnailer.store import thumbnail_key
+from thumbnailer.store.keys import thumbnail_generation_key
 from thumbnailer.worker.handlers.base import Context, Result
 from thumbnailer.worker.outcomes import observe_stages
 
@@ -45,12 +49,13 @@ class ThumbnailHandler:
         if row is None:
             # Deleted (or never there): nothing to make, and nothing a retry could fix.
             return Result("skipped", {"reason": "image deleted"})
-        if row.finished:
+        generation = generation_of(job)
+        if row.status == Status.ERROR or (row.finished and generation is None):
             return Result("skipped", {"status": row.status})
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            entries = await self._make(row, timings)
+            entries = await self._make(row, generation, timings)
         except (imaging.ImagingError, OverBudget) as exc:
             await self.ctx.repo.mark_error(row.id, str(exc))
             return Result("error", {"reason": str(exc)})
@@ -58,7 +63,9 @@ class ThumbnailHandler:
             return Result("skipped", {"reason": "image deleted"})
         finally:
             observe_stages(timings)
-        if not await self.ctx.repo.mark_done(row.id, entries):
+        if generation is not None:
+            await self._replace(row, entries)
+        elif not await self.ctx.repo.mark_done(row.id, entries):
             await self._clean_up_if_deleted(row, entries)
         return Result("done", {"duration_ms": round((time.perf_counter() - started) * 1000, 1)})
 
@@ -77,7 +84,21 @@ class ThumbnailHandler:
         removed = await erase_files(self.ctx.store, row.id, [e.key for e in entries.values()])
         log.info("job_lost_to_delete", removed=removed)
 
-    async def _make(self, row: ImageRecord, timings: dict[str, float]) -> dict[str, ThumbnailEntry]:
+    async def _replace(self, row: ImageRecord, entries: dict[str, ThumbnailEntry]) -> None:
+        """Made again: the new set replaces the old in the row, then the old files go (the
+        new ones live under a folder of their own, so no URL handed out changes content)."""
+        previous = await self.ctx.repo.replace_thumbnails(row.id, entries)
+        if previous is None:  # deleted, or failed meanwhile: nothing points at what we wrote
+            await asyncio.gather(*(self.ctx.store.delete(e.key) for e in entries.values()))
+            await self._clean_up_if_deleted(row, entries)
+            return
+        current = {entry.key for entry in entries.values()}
+        stale = [entry.key for entry in previous.values() if entry.key not in current]
+        await asyncio.gather(*(self.ctx.store.delete(key) for key in stale))
+
+    async def _make(
+        self, row: ImageRecord, generation: str | None, timings: dict[str, float]
+    ) -> dict[str, ThumbnailEntry]:
         started = time.perf_counter()
         source = await self.ctx.store.read(row.original_key)
         timings["read"] = time.perf_counter() - started
@@ -87,9 +108,14 @@ class ThumbnailHandler:
         if not await self.ctx.repo.exists(row.id):
             raise ImageDeleted(row.id)
         started = time.perf_counter()
+        image_id = str(row.id)
         entries = {
             thumb.label: ThumbnailEntry(
-                thumbnail_key(str(row.id), thumb.label, thumb.format),
+                (
+                    thumbnail_key(image_id, thumb.label, thumb.format)
+                    if generation is None
+                    else thumbnail_generation_key(image_id, generation, thumb.label, thumb.format)
+                ),
                 thumb.width,
                 thumb.height,
                 thumb.media_type,
