@@ -159,3 +159,23 @@ async def test_delete_while_the_job_writes_its_thumbnails(settings: Settings) ->
 
 async def _idle(worker: Worker) -> bool:
     return not worker.in_flight
+
+
+async def test_delete_in_a_bucket_removes_every_object(s3_settings: Settings) -> None:
+    app = create_app(s3_settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        store = app.state.services.store
+        image_id = (await client.post("/images", **upload())).json()["id"]  # type: ignore[arg-type]
+        folder = image_prefixes(image_id)[1]
+        for name in ("100x100.jpg", "g1/300x300.jpg", "variants/small.webp"):
+            await store.put(folder + name, JPEG, "image/jpeg")
+        shard = f"originals/{image_id[:2]}/"
+        assert [o async for o in store.list_objects(shard) if image_id in o.key]
+        assert (await client.delete(f"/images/{image_id}")).status_code == 204
+        assert [o async for o in store.list_objects(folder)] == []
+        assert [o async for o in store.list_objects(shard) if image_id in o.key] == []
+        assert (await client.get(f"/images/{image_id}")).status_code == 404

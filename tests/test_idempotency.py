@@ -135,6 +135,21 @@ async def test_keys_belong_to_their_caller(database_url: str, tmp_path: Path) ->
         assert len(ids) == 2  # alice's retry replayed; bob's upload is his own
 
 
+@pytest.fixture
+def empty_database(database_url: str) -> None:
+    """Rows the in-process tests above left PROCESSING (no worker there) would be republished
+    by the real API's relay, with files in another test's storage: start from none."""
+
+    async def truncate() -> None:
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute("TRUNCATE images, idempotency_keys")
+        finally:
+            await conn.close()
+
+    asyncio.run(truncate())
+
+
 async def post_many(base_url: str, key: str, count: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         return list(
@@ -144,7 +159,9 @@ async def post_many(base_url: str, key: str, count: int) -> list[httpx.Response]
         )
 
 
-def test_concurrent_requests_with_one_key_make_one_image(services: Services) -> None:
+def test_concurrent_requests_with_one_key_make_one_image(
+    empty_database: None, services: Services
+) -> None:
     before = asyncio.run(images_in(services.settings.database_url))
     key = str(uuid.uuid4())
     answers = asyncio.run(post_many(services.base_url, key, 12))
@@ -156,7 +173,7 @@ def test_concurrent_requests_with_one_key_make_one_image(services: Services) -> 
     assert asyncio.run(images_in(services.settings.database_url)) == before + 1
 
 
-def test_a_replay_survives_an_api_restart(services: Services) -> None:
+def test_a_replay_survives_an_api_restart(empty_database: None, services: Services) -> None:
     before = asyncio.run(images_in(services.settings.database_url))
     key = str(uuid.uuid4())
     first = httpx.post(f"{services.base_url}/images", **upload(key=key))  # type: ignore[arg-type]
@@ -198,3 +215,27 @@ def test_migration_0005_goes_up_and_down() -> None:
         command.upgrade(alembic(url), "0005")
     finally:
         asyncio.run(_drop_database(name))
+
+
+async def test_a_holder_that_died_frees_its_key_after_the_lease(settings: Settings) -> None:
+    from thumbnailer.repo import IdempotencyKeys, KeyName, Repo
+
+    repo = Repo.connect(settings.database_url, 1)
+    try:
+        keys = IdempotencyKeys(repo)
+        name = KeyName("carol", "POST /images", str(uuid.uuid4()))
+        assert await keys.claim(name, "a" * 64, ttl=3600, lease=0.2) is None
+        held = await keys.claim(name, "a" * 64, ttl=3600, lease=0.2)
+        assert held is not None
+        assert held.in_progress  # 409 while the lease runs
+        await asyncio.sleep(0.3)  # its process died: it never completes nor releases
+        other = await keys.claim(name, "b" * 64, ttl=3600, lease=60)
+        assert other is not None  # another body still may not take it (422)
+        assert other.fingerprint == "a" * 64
+        assert await keys.claim(name, "a" * 64, ttl=3600, lease=60) is None  # the retry may
+        await keys.complete(name, "a" * 64, 202, {"body": {"id": "x"}, "headers": {}})
+        done = await keys.claim(name, "a" * 64, ttl=3600, lease=60)
+        assert done is not None
+        assert (done.status_code, done.response) == (202, {"body": {"id": "x"}, "headers": {}})
+    finally:
+        await repo.close()

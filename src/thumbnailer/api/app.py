@@ -34,7 +34,7 @@ log = get_logger(__name__)
 REQUEST_ID = "X-Request-ID"
 GAUGE_INTERVAL = 10.0
 EXPOSED_HEADERS = ["Location", "ETag", "Retry-After", REQUEST_ID, "RateLimit", "RateLimit-Policy"]
-EXPOSED_HEADERS += ["WWW-Authenticate"]
+EXPOSED_HEADERS += ["WWW-Authenticate", "Idempotent-Replayed"]
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from asgi_correlation_id import correlation_id
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from thumbnailer import metrics
 from thumbnailer.api import errors
@@ -125,19 +125,28 @@ async def limit_uploads(request: Request, principal: PrincipalDep) -> None:
     await _spend(request, principal, services(request).limiter.uploads)
 
 
-def _idempotency(request: Request, principal: PrincipalDep) -> Idempotency:
+def _idempotency(
+    request: Request,
+    principal: PrincipalDep,
+    key: Annotated[
+        str | None,
+        Header(
+            alias=IDEMPOTENCY_HEADER,
+            description="Any unique string (a UUID): a retry with it gets the first answer",
+        ),
+    ] = None,
+) -> Idempotency:
     """The request's Idempotency-Key, scoped to its caller and to this route (422 if malformed).
 
     In AUTH_MODE=none there is no caller to tell apart: keys share one scope, which random keys
     (UUIDs) keep apart.
     """
     found = services(request)
-    raw = request.headers.get(IDEMPOTENCY_HEADER)
     name = None
-    if raw is not None:
+    if key is not None:
         route = request.scope.get("route")
         operation = f"{request.method} {getattr(route, 'path', request.url.path)}"
-        name = KeyName(principal.subject or "", operation, parse_key(raw))
+        name = KeyName(principal.subject or "", operation, parse_key(key))
     return Idempotency(found.idempotency_keys, name, found.settings.idempotency_ttl)
 
 
