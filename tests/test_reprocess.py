@@ -198,3 +198,31 @@ async def test_only_the_owner_or_an_admin_may_reprocess(database_url: str, tmp_p
         assert (await client.post(f"/images/{mine[0]}/reprocess")).status_code == 401
         assert (await client.post(f"/images/{mine[0]}/reprocess", headers=alice)).status_code == 202
         assert (await client.post(f"/images/{mine[1]}/reprocess", headers=admin)).status_code == 202
+
+
+async def test_an_error_image_sent_round_while_the_broker_is_down_is_left_to_the_relay(
+    settings: Settings,
+) -> None:
+    """Committed NEW, as an upload whose publish failed: the relay publishes it, it ends DONE."""
+    from thumbnailer.broker import Broker, BrokerUnavailable, Topology
+    from thumbnailer.lifecycle import Reprocessor
+
+    async with api(settings) as (app, client):
+        repo = app.state.services.repo
+        image_id = (await client.post("/images", **upload())).json()["id"]  # type: ignore[arg-type]
+        assert await repo.mark_error(uuid.UUID(image_id), "failed")
+        done = (await client.post("/images", **upload())).json()["id"]  # type: ignore[arg-type]
+        never = Broker("amqp://guest:guest@127.0.0.1:1/", Topology.from_settings(settings))
+        offline = Reprocessor(repo, never)
+
+        row = await repo.get(uuid.UUID(image_id))
+        assert await offline(row) == Status.NEW
+        assert (await client.get(f"/images/{image_id}")).json()["status"] == "NEW"
+        async with running_worker(settings):
+            body = await wait_for_status(client, image_id)
+            assert None not in dict(body["thumbnails"]).values()  # type: ignore[call-overload]
+            finished = await wait_for_status(client, done)
+            # A DONE image is not changed when its job cannot be sent: the caller hears so.
+            with pytest.raises(BrokerUnavailable):
+                await offline(await repo.get(uuid.UUID(done)))
+            assert (await client.get(f"/images/{done}")).json() == finished

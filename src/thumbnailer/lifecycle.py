@@ -13,10 +13,10 @@ import secrets
 import uuid
 from collections.abc import Iterable
 
-from thumbnailer.broker import THUMBNAILS, Broker, Job, PoisonMessage
+from thumbnailer.broker import THUMBNAILS, Broker, BrokerUnavailable, Job, PoisonMessage
 from thumbnailer.logging import get_logger
 from thumbnailer.records import ImageRecord, Status
-from thumbnailer.repo import Repo
+from thumbnailer.repo import Repo, RepoUnavailable
 from thumbnailer.store import Store, StoreError, image_prefixes
 
 log = get_logger(__name__)
@@ -70,21 +70,30 @@ def generation_of(job: Job) -> str | None:
 class Reprocessor:
     """Sends a finished image round again: its thumbnails are made anew with the sizes now
     configured. A DONE image stays DONE with its old thumbnails until the new set replaces
-    them in one statement; an ERROR image is reopened (PROCESSING) first."""
+    them in one statement; an ERROR image starts again as an upload does (NEW, PROCESSING)."""
 
     def __init__(self, repo: Repo, broker: Broker) -> None:
         self.repo, self.broker = repo, broker
 
     async def __call__(self, row: ImageRecord, request_id: str | None = None) -> Status:
-        """Raises NotFinished, BrokerUnavailable, RepoUnavailable."""
+        """The status the image is in now. Raises NotFinished; for a DONE image also
+        BrokerUnavailable (nothing changed, the caller may retry); RepoUnavailable."""
         if not row.finished:
             raise NotFinished(str(row.id))
-        status = row.status
-        if status == Status.ERROR:
-            if not await self.repo.reopen(row.id):
-                raise NotFinished(str(row.id))  # reopened by another caller just now
-            status = Status.PROCESSING
         job = Job(THUMBNAILS, row.id, request_id, args={GENERATION_ARG: new_generation()})
-        # A reopened row whose publish fails is PROCESSING: the relay sends it round later.
-        await self.broker.publish(job)
-        return status
+        if row.status == Status.DONE:
+            await self.broker.publish(job)
+            return Status.DONE
+        if not await self.repo.restart(row.id):
+            raise NotFinished(str(row.id))  # sent round by another caller just now
+        try:
+            await self.broker.publish(job)
+        except BrokerUnavailable as exc:
+            # Committed NEW: the relay publishes it within RELAY_INTERVAL, as for an upload.
+            log.warning("reprocess_publish_deferred", image_id=str(row.id), error=str(exc))
+            return Status.NEW
+        try:
+            await self.repo.mark_processing(row.id)  # NEW only: a fast worker's DONE stays
+        except RepoUnavailable:
+            return Status.NEW  # the job is queued; the status lags for a moment
+        return Status.PROCESSING

@@ -87,6 +87,7 @@ _TO_PROCESSING = _transition_statement((Status.NEW,), "status")
 _TO_DONE = _transition_statement(OPEN, "status", "thumbnails")
 _TO_ERROR = _transition_statement(OPEN, "status", "error")
 _REOPEN = _transition_statement((Status.ERROR,), "status", "error")
+_RESTART = _transition_statement((Status.ERROR,), "status", "error")
 # Thumbnails made again: the new set replaces the old in one statement (readers see one or the
 # other), and the old set comes back so the caller can remove the files only it named.
 _REPLACE_THUMBNAILS = text("""
@@ -343,6 +344,11 @@ class Repo:
     async def reopen(self, image_id: uuid.UUID) -> bool:
         """ERROR -> PROCESSING, for a job an operator sends round again."""
         return await self._transition(_REOPEN, image_id, status=Status.PROCESSING.value, error=None)
+
+    async def restart(self, image_id: uuid.UUID) -> bool:
+        """ERROR -> NEW, for an image sent round again: from here on it goes as an upload does
+        (published, then PROCESSING; left NEW for the relay when the publish fails)."""
+        return await self._transition(_RESTART, image_id, status=Status.NEW.value, error=None)
 
     async def _transition(self, stmt: Select[Any], image_id: uuid.UUID, **values: Any) -> bool:
         params = {"image_id": image_id, **{f"new_{k}": v for k, v in values.items()}}
