@@ -53,6 +53,8 @@ PARTS: dict[str, Part] = {
     "s3": Part("Object storage clients", "bench.s3_clients", _standard),
     "storage": Part("Storage backends", "bench.storage_backends", _standard),
     "auth": Part("Auth", "bench.auth", _standard),
+    "fixed": Part("Fixed cost per job", "bench.fixed_cost", _standard),
+    "load": Part("Load held", "bench.load", _standard),
 }
 
 

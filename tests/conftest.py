@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.preflight import ServerUnusable, arm_deadline, check_servers
 from tests.s3_server import CREDENTIALS, MotoServer, free_moto
 from tests.support import (
     ADMIN_DATABASE_URL,
@@ -21,6 +22,7 @@ from tests.support import (
     RABBITMQ_URL,
     REDIS_KEY_PREFIX,
     REDIS_URL,
+    ROOT,
     ServiceProcess,
     free_port,
     service_env,
@@ -284,3 +286,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             f"browser test skipped under CI=true: {reason!r}; "
             f"allowed skips: {BROWSER_SKIPS_ALLOWED_IN_CI}"
         )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail in seconds with the reason when a shared server is unusable, never hang."""
+    arm_deadline()
+    if os.environ.get("TEST_PREFLIGHT") == "off":
+        return
+    try:
+        check_servers(ADMIN_DATABASE_URL, RABBITMQ_URL, REDIS_URL, ROOT)
+    except ServerUnusable as exc:
+        pytest.exit(f"preflight: {exc}", returncode=3)

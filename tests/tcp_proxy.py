@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 
 from tests.support import free_port
 
@@ -50,6 +51,14 @@ class TcpProxy:
         aborted = self._run(self._cut())
         assert isinstance(aborted, int)
         return aborted
+
+    def wait_for_clients(self, count: int, timeout: float) -> None:
+        """Block until `count` client connections are open, so a cut has something to cut."""
+        deadline = time.monotonic() + timeout
+        while len(self.clients) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.clients)} of {count} clients linked")
+            time.sleep(0.05)
 
     def restore(self) -> None:
         self._run(self._listen())

@@ -4,6 +4,8 @@ must pass this suite unchanged."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -200,3 +202,15 @@ async def test_prefixes_must_be_relative_folders(store: Store, prefix: str) -> N
         await store.delete_prefix(prefix)
     with pytest.raises(ValueError, match="relative folder"):
         [found async for found in store.list_objects(prefix)]
+
+
+async def test_local_store_sweeps_scratch_files_a_killed_writer_left(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    scratch = tmp_path / ".tmp"
+    stale, fresh = scratch / "4242-stale", scratch / "4242-fresh"
+    stale.write_bytes(b"half a thumbnail")
+    fresh.write_bytes(b"a write in progress elsewhere")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    await store.open()
+    assert sorted(p.name for p in scratch.iterdir()) == ["4242-fresh"]

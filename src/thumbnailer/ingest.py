@@ -10,7 +10,6 @@ No HTTP here: the API, a URL fetch or a CLI feed the same path.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from contextlib import suppress
@@ -23,6 +22,7 @@ import anyio.to_thread
 from thumbnailer import imaging, metrics
 from thumbnailer.broker import Broker, BrokerUnavailable, Job
 from thumbnailer.config import Settings
+from thumbnailer.leftovers import remove_files_older_than
 from thumbnailer.logging import get_logger
 from thumbnailer.records import NewImage, Status
 from thumbnailer.repo import Repo, RepoUnavailable
@@ -173,16 +173,5 @@ async def discard_spool(path: Path) -> None:
 
 
 def sweep_spool(spool: Path, older_than: float) -> int:
-    """Remove spool files left by a process that died mid-upload; returns how many.
-
-    Only files older than any upload may take are touched, so other processes sharing the
-    directory keep their uploads in progress.
-    """
-    cutoff = time.time() - older_than
-    removed = 0
-    for entry in os.scandir(spool):
-        with suppress(FileNotFoundError):
-            if entry.is_file() and entry.stat().st_mtime < cutoff:
-                os.remove(entry.path)
-                removed += 1
-    return removed
+    """Remove spool files left by a process that died mid-upload; returns how many."""
+    return remove_files_older_than(spool, older_than)

@@ -19,9 +19,13 @@ import aiofiles
 import aiofiles.os
 from starlette.types import ASGIApp
 
+from thumbnailer.leftovers import remove_files_older_than
 from thumbnailer.store.base import StoredObject, StoreError, check_folder
 from thumbnailer.store.local_files import ImmutableFiles
 from thumbnailer.store.signing import UrlSigner
+
+# No single write takes this long; a scratch file older than this lost its writer.
+SCRATCH_MAX_AGE = 3600.0
 
 
 class LocalStore:
@@ -34,7 +38,8 @@ class LocalStore:
         self._scratch.mkdir(parents=True, exist_ok=True)
 
     async def open(self) -> None:
-        """Nothing to acquire: every call opens its own file."""
+        """Every call opens its own file; what a killed writer left half-written goes now."""
+        await asyncio.to_thread(remove_files_older_than, self._scratch, SCRATCH_MAX_AGE)
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -46,17 +51,25 @@ class LocalStore:
         return path
 
     def _temp_path(self) -> Path:
-        return self._scratch / secrets.token_hex(16)
+        # The writer's pid in the name tells whose write a leftover was.
+        return self._scratch / f"{os.getpid()}-{secrets.token_hex(16)}"
 
     async def put(self, key: str, data: bytes, media_type: str) -> None:
+        # One thread hop for the whole write: per-call aiofiles hops cost twice the CPU of a
+        # thumbnail's write (bench/results/imaging-decisions.md §12).
+        try:
+            await asyncio.to_thread(self._write_into_place, data, key)
+        except OSError as exc:
+            raise StoreError(f"could not write {key}: {exc.strerror or exc}") from exc
+
+    def _write_into_place(self, data: bytes, key: str) -> None:
         tmp = self._temp_path()
         try:
-            async with aiofiles.open(tmp, "wb") as f:
-                await f.write(data)
-            await asyncio.to_thread(self._move_into_place, tmp, key)
-        except OSError as exc:
-            await _remove(tmp)
-            raise StoreError(f"could not write {key}: {exc.strerror or exc}") from exc
+            tmp.write_bytes(data)
+            self._move_into_place(tmp, key)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     async def put_file(self, key: str, path: Path, media_type: str) -> None:
         try:
@@ -87,8 +100,7 @@ class LocalStore:
 
     async def read(self, key: str) -> bytes:
         try:
-            async with aiofiles.open(self._path(key), "rb") as f:
-                return await f.read()
+            return await asyncio.to_thread(self._path(key).read_bytes)
         except OSError as exc:
             raise StoreError(f"could not read {key}: {exc.strerror or exc}") from exc
 
