@@ -205,7 +205,11 @@ class Services:
     def start(self) -> None:
         self.api.start()
         self.start_worker()
-        wait_until_ready(f"{self.base_url}/readyz")
+        try:
+            wait_until_ready(f"{self.base_url}/readyz")
+        except BaseException:
+            self.stop()  # a fixture that fails to start never reaches its teardown
+            raise
 
     def start_worker(self, **env: str) -> ServiceProcess:
         index = len(self.workers)

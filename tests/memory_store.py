@@ -7,6 +7,8 @@ no disk underneath.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from starlette.requests import Request
@@ -14,12 +16,14 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp
 
-from thumbnailer.store import ObjectMissing, StoreError
+from thumbnailer.store import ObjectMissing, StoredObject, StoreError
+from thumbnailer.store.base import check_folder
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}
+        self.modified: dict[str, datetime] = {}
 
     async def open(self) -> None:
         pass
@@ -29,6 +33,7 @@ class MemoryStore:
 
     async def put(self, key: str, data: bytes, media_type: str) -> None:
         self.objects[key] = (bytes(data), media_type)
+        self.modified[key] = datetime.now(UTC)
 
     async def put_file(self, key: str, path: Path, media_type: str) -> None:
         try:
@@ -38,6 +43,7 @@ class MemoryStore:
         finally:
             path.unlink(missing_ok=True)
         self.objects[key] = (data, media_type)
+        self.modified[key] = datetime.now(UTC)
 
     async def read(self, key: str) -> bytes:
         try:
@@ -47,6 +53,19 @@ class MemoryStore:
 
     async def delete(self, key: str) -> None:
         self.objects.pop(key, None)
+        self.modified.pop(key, None)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        check_folder(prefix)
+        doomed = [key for key in self.objects if key.startswith(prefix)]
+        for key in doomed:
+            await self.delete(key)
+        return len(doomed)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        check_folder(prefix)
+        for key in [key for key in self.objects if key.startswith(prefix)]:
+            yield StoredObject(key, self.modified[key])
 
     def url(self, key: str, base: str) -> str:
         return f"{base}/files/{key}"

@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -23,9 +24,11 @@ from thumbnailer.store import (
     ObjectMissing,
     Store,
     StoreError,
+    image_prefixes,
     original_key,
     thumbnail_key,
 )
+from thumbnailer.store.keys import thumbnail_generation_key
 from thumbnailer.store.s3 import S3Store
 
 # (scratch directory, the test's request: for fixtures a backend needs) -> a store to test
@@ -164,6 +167,44 @@ async def test_local_store_refuses_keys_that_escape_its_root(tmp_path: Path) -> 
     for key in ("../secret", "originals/../../secret", "/etc/passwd"):
         with pytest.raises((ValueError, StoreError)):
             await store.read(key)
+
+
+async def test_delete_prefix_removes_the_folder_and_nothing_beside_it(store: Store) -> None:
+    other = "0123abcd-0000-4000-8000-000000000001"  # same shard, another image
+    mine = [thumbnail_key(IMAGE_ID, label, "JPEG") for label in ("100x100", "300x300")]
+    mine.append(thumbnail_generation_key(IMAGE_ID, "g1", "100x100", "JPEG"))
+    kept = [thumbnail_key(other, "100x100", "JPEG"), original_key(IMAGE_ID, "JPEG")]
+    for key in mine + kept:
+        await store.put(key, JPEG, "image/jpeg")
+    folder = image_prefixes(IMAGE_ID)[1]
+    assert await store.delete_prefix(folder) == len(mine)
+    for key in mine:
+        with pytest.raises(StoreError):
+            await store.read(key)
+    for key in kept:
+        assert await store.read(key) == JPEG
+    assert await store.delete_prefix(folder) == 0  # nothing left is no error
+
+
+async def test_list_objects_names_every_key_under_the_folder_with_its_age(store: Store) -> None:
+    before = datetime.now(UTC) - timedelta(minutes=5)
+    keys = {thumbnail_key(IMAGE_ID, "100x100", "JPEG"), thumbnail_key(IMAGE_ID, "1x1", "PNG")}
+    for key in keys:
+        await store.put(key, JPEG, "image/jpeg")
+    await store.put(original_key(IMAGE_ID, "JPEG"), JPEG, "image/jpeg")
+    listed = [found async for found in store.list_objects("thumbnails/")]
+    assert {found.key for found in listed} == keys
+    for found in listed:
+        assert before < found.modified < datetime.now(UTC) + timedelta(minutes=5)
+    assert [found async for found in store.list_objects("variants/")] == []
+
+
+@pytest.mark.parametrize("prefix", ["thumbnails", "/thumbnails/", "thumbnails/../"])
+async def test_prefixes_must_be_relative_folders(store: Store, prefix: str) -> None:
+    with pytest.raises(ValueError, match="relative folder"):
+        await store.delete_prefix(prefix)
+    with pytest.raises(ValueError, match="relative folder"):
+        [found async for found in store.list_objects(prefix)]
 
 
 async def test_local_store_sweeps_scratch_files_a_killed_writer_left(tmp_path: Path) -> None:

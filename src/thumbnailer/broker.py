@@ -61,7 +61,7 @@ class BrokerUnavailable(Exception):
 
 
 class PoisonMessage(ValueError):
-    """A message no retry can fix: malformed body, unknown kind or unknown image."""
+    """A message no retry can fix: malformed body or arguments, unknown kind."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`thumbnailer api | worker | migrate | run | token | queues | dlq | migrate-store`."""
+"""`thumbnailer api | worker | migrate | run | token | queues | dlq | reprocess | migrate-store`."""
 
 from __future__ import annotations
 
@@ -202,6 +202,46 @@ def migrate_store(settings: Settings, source: str, target: str) -> int:
     return asyncio.run(copy())
 
 
+def reprocess_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Enqueue the selected images at the rate given; 1 if the queue failed part-way."""
+    from thumbnailer.broker import Broker, BrokerUnavailable, Topology
+    from thumbnailer.lifecycle import Reprocessor
+    from thumbnailer.logging import configure_logging
+    from thumbnailer.repo import Repo, RepoUnavailable
+    from thumbnailer.reprocess import Pacer, Report, Selection, parse_rate, reprocess_all
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        boxes = settings.thumbnail_boxes
+        selection = Selection.of(args.status, args.older_than, args.missing_sizes, boxes)
+        pacer = Pacer(parse_rate(args.rate))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+    report = Report()
+
+    async def run() -> str | None:
+        await check_rabbitmq(settings.rabbitmq_url)
+        repo = Repo.connect(settings.database_url, 2)
+        broker = Broker(settings.rabbitmq_url, Topology.from_settings(settings))
+        try:
+            await broker.connect()
+            await reprocess_all(repo, Reprocessor(repo, broker), selection, pacer, report)
+        except (BrokerUnavailable, RepoUnavailable) as exc:
+            return str(exc)
+        finally:
+            await broker.close()
+            await repo.close()
+        return None
+
+    failure = asyncio.run(run())
+    print(f"reprocess: {report.enqueued} images enqueued, {report.skipped} skipped (busy)")
+    if failure is not None:
+        print(f"error: stopped part-way: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def queues_command(settings: Settings, args: argparse.Namespace) -> None:
     from thumbnailer import queues
 
@@ -255,6 +295,17 @@ def parser() -> argparse.ArgumentParser:
     move = commands.add_parser("migrate-store", help="copy stored objects to another backend")
     move.add_argument("--from", dest="source", choices=["local"], default="local")
     move.add_argument("--to", dest="target", choices=["s3"], default="s3")
+    again = commands.add_parser(
+        "reprocess", help="make thumbnails again in bulk (sizes now in THUMBNAIL_SIZES)"
+    )
+    again.add_argument("--status", choices=["DONE", "ERROR"], help="only images in this status")
+    again.add_argument("--older-than", help="only images uploaded before this long ago: 30d, 12h")
+    again.add_argument(
+        "--missing-sizes",
+        action="store_true",
+        help="only images lacking a size now configured (DONE ones unless --status says)",
+    )
+    again.add_argument("--rate", default="20/s", help="most images enqueued: 20/s, 600/minute")
     token = commands.add_parser("token", help="print an HS256 token signed with JWT_SECRET")
     token.add_argument("--sub", required=True, help="the subject: who the token speaks for")
     token.add_argument("--scope", help="space-separated scopes, e.g. images:admin")
@@ -279,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
             queues_command(settings, args)
         elif args.command == "dlq":
             dlq_command(settings, args)
+        elif args.command == "reprocess":
+            sys.exit(reprocess_command(settings, args))
         elif args.command == "migrate-store":
             sys.exit(migrate_store(settings, args.source, args.target))
         else:

@@ -257,6 +257,30 @@ class Settings(BaseSettings):
     processing_timeout: float = Field(
         600.0, gt=0, description="Seconds a row may stay PROCESSING before it is published again."
     )
+    retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="Days an image is kept after its upload; then the sweep deletes it and "
+        "its files. 0 keeps everything.",
+    )
+    error_retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="Days an image that ended ERROR is kept after it failed; then the sweep "
+        "deletes it and its original. 0 keeps them.",
+    )
+    retention_interval: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between retention sweeps (expired images, orphan files, expired "
+        "idempotency keys); one replica sweeps at a time.",
+    )
+    idempotency_ttl: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds an Idempotency-Key is remembered: a retry within it replays the "
+        "first answer instead of uploading again.",
+    )
     auth_mode: Literal["none", "jwt"] = Field(
         "none",
         description="none: anyone who reaches the API may do anything (a trusted front); "

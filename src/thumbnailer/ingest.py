@@ -42,6 +42,9 @@ class Spooled:
     path: Path
     size: int
     filename: str | None
+    # SHA-256 of the request's parts (names, filenames, types, bytes), when it was asked for:
+    # what an Idempotency-Key is checked against.
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

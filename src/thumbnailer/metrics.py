@@ -37,6 +37,12 @@ PUBLISH_FAILURES = Counter(
 RELAY_REPUBLISHED = Counter(
     "thumbnailer_relay_republished", "Jobs the relay published for NEW or stale rows."
 )
+RETENTION_REMOVED = Counter(
+    "thumbnailer_retention_removed",
+    "What the retention sweep removed, by kind: images (rows past retention), files (theirs), "
+    "orphan_files (no row points at them), idempotency_keys (expired).",
+    ["kind"],
+)
 RATE_LIMITED = Counter(
     "thumbnailer_rate_limited", "Requests refused with 429, by limit.", ["limit"]
 )
@@ -88,6 +94,8 @@ for _outcome in OUTCOMES:
     JOBS.labels(_outcome)
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
+for _kind in ("images", "files", "orphan_files", "idempotency_keys"):
+    RETENTION_REMOVED.labels(_kind)
 for _limit in ("uploads", "requests"):
     RATE_LIMITED.labels(_limit)
 for _reason in ("missing", "invalid"):

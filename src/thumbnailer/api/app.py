@@ -28,12 +28,13 @@ from thumbnailer.config import Settings, get_settings
 from thumbnailer.ingest import sweep_spool
 from thumbnailer.logging import configure_logging, get_logger
 from thumbnailer.relay import Relay
+from thumbnailer.retention import Sweeper
 
 log = get_logger(__name__)
 REQUEST_ID = "X-Request-ID"
 GAUGE_INTERVAL = 10.0
 EXPOSED_HEADERS = ["Location", "ETag", "Retry-After", REQUEST_ID, "RateLimit", "RateLimit-Policy"]
-EXPOSED_HEADERS += ["WWW-Authenticate"]
+EXPOSED_HEADERS += ["WWW-Authenticate", "Idempotent-Replayed"]
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -55,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.repo, state.broker, settings.relay_interval, settings.processing_timeout
         )
         relay_task = asyncio.create_task(relay.run())
+        sweeper = Sweeper.from_settings(state.repo, state.store, settings)
+        sweeper_task = asyncio.create_task(sweeper.run())
         gauges_task = asyncio.create_task(refresh_gauges(state))
         notifier_task = asyncio.create_task(state.notifier.run())
         app.state.relay = relay
@@ -62,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            for task in (relay_task, gauges_task, notifier_task):
+            for task in (relay_task, sweeper_task, gauges_task, notifier_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -98,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
         allow_headers=["*"],
         expose_headers=EXPOSED_HEADERS,
         max_age=600,

@@ -6,10 +6,12 @@ import uuid
 from typing import Annotated
 
 from asgi_correlation_id import correlation_id
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from thumbnailer import metrics
 from thumbnailer.api import errors
+from thumbnailer.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from thumbnailer.api.idempotency import Idempotency, parse_key
 from thumbnailer.api.proxy import FORWARDED_HOST
 from thumbnailer.api.ratelimit import Limit, RateLimiter
 from thumbnailer.api.services import Services, UploadGate
@@ -17,8 +19,9 @@ from thumbnailer.auth import AuthUnavailable, InvalidToken, Principal
 from thumbnailer.broker import Broker
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest
+from thumbnailer.lifecycle import Reprocessor
 from thumbnailer.records import ImageRecord
-from thumbnailer.repo import Repo, StatusNotifier
+from thumbnailer.repo import KeyName, Repo, StatusNotifier
 from thumbnailer.store import Store
 from thumbnailer.variants import VariantRequests
 
@@ -62,6 +65,10 @@ def _uploads(request: Request) -> UploadGate:
 
 def _limiter(request: Request) -> RateLimiter:
     return services(request).limiter
+
+
+def _reprocessor(request: Request) -> Reprocessor:
+    return services(request).reprocessor
 
 
 def _url_base(request: Request) -> str:
@@ -133,6 +140,31 @@ async def limit_uploads(request: Request, principal: PrincipalDep) -> None:
     await _spend(request, principal, services(request).limiter.uploads)
 
 
+def _idempotency(
+    request: Request,
+    principal: PrincipalDep,
+    key: Annotated[
+        str | None,
+        Header(
+            alias=IDEMPOTENCY_HEADER,
+            description="Any unique string (a UUID): a retry with it gets the first answer",
+        ),
+    ] = None,
+) -> Idempotency:
+    """The request's Idempotency-Key, scoped to its caller and to this route (422 if malformed).
+
+    In AUTH_MODE=none there is no caller to tell apart: keys share one scope, which random keys
+    (UUIDs) keep apart.
+    """
+    found = services(request)
+    name = None
+    if key is not None:
+        route = request.scope.get("route")
+        operation = f"{request.method} {getattr(route, 'path', request.url.path)}"
+        name = KeyName(principal.subject or "", operation, parse_key(key))
+    return Idempotency(found.idempotency_keys, name, found.settings.idempotency_ttl)
+
+
 def _request_id() -> str | None:
     return correlation_id.get()
 
@@ -146,5 +178,7 @@ IngestDep = Annotated[Ingest, Depends(_ingest)]
 VariantsDep = Annotated[VariantRequests, Depends(_variants)]
 UploadsDep = Annotated[UploadGate, Depends(_uploads)]
 LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
+ReprocessorDep = Annotated[Reprocessor, Depends(_reprocessor)]
 UrlBase = Annotated[str, Depends(_url_base)]
+IdempotencyDep = Annotated[Idempotency, Depends(_idempotency)]
 RequestId = Annotated[str | None, Depends(_request_id)]

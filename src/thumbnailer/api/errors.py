@@ -133,6 +133,32 @@ def too_many_variants(limit: int) -> ApiError:
     )
 
 
+QUEUE_DOWN = ApiError(
+    503, "queue_unavailable", "the job queue is unavailable; retry shortly", {"Retry-After": "5"}
+)
+IMAGE_NOT_FINISHED = ApiError(
+    409,
+    "image_not_finished",
+    "the image is still being processed; its thumbnails will have the sizes now configured",
+)
+
+INVALID_IDEMPOTENCY_KEY = ApiError(
+    422,
+    "invalid_idempotency_key",
+    "Idempotency-Key must be 1-255 visible ASCII characters (a UUID is a good key)",
+)
+IDEMPOTENCY_KEY_REUSED = ApiError(
+    422,
+    "idempotency_key_reused",
+    "this Idempotency-Key was used for a different request; send a new key for a new request",
+)
+IDEMPOTENCY_KEY_IN_PROGRESS = ApiError(
+    409,
+    "idempotency_key_in_progress",
+    "a request with this Idempotency-Key is still in progress; retry shortly",
+    {"Retry-After": "1"},
+)
+
 INVALID_CURSOR = ApiError(422, "invalid_cursor", "cursor is not one this API handed out")
 
 AUTH_UNAVAILABLE = ApiError(
@@ -250,6 +276,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "No valid bearer token (AUTH_MODE=jwt)",
         429: "Rate limit exceeded (Retry-After, RateLimit-Policy, RateLimit)",
         404: "No such image or file",
+        409: "A request with this Idempotency-Key is still in progress, or the image is busy",
         413: "File or image dimensions over the limit",
         408: "The upload took longer than UPLOAD_TIMEOUT",
         415: "Not a supported image (judged by content)",

@@ -7,12 +7,13 @@ and the request is refused the moment the byte count passes the limit.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiofiles
 from python_multipart.exceptions import MultipartParseError
@@ -57,6 +58,9 @@ class _PartState:
     pending: list[bytes] = field(default_factory=list)
     text_field: str | None = None
     texts: dict[str, bytearray] = field(default_factory=dict)
+    # Fingerprinting: one hash of every part's digest and headers, one hash per part's data.
+    request_digest: Any = None
+    part_digest: Any = None
 
     def on_part_begin(self) -> None:
         self.headers = {}
@@ -65,6 +69,8 @@ class _PartState:
         self.parts += 1
         if self.parts > self.max_parts:
             raise TooManyParts(self.max_parts)
+        if self.request_digest is not None:
+            self.part_digest = hashlib.sha256()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]
@@ -93,6 +99,8 @@ class _PartState:
             self.texts[name] = bytearray()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.part_digest is not None:
+            self.part_digest.update(data[start:end])
         if self.in_file and self.file_parts == 1:
             self.pending.append(data[start:end])
         elif self.text_field is not None:
@@ -107,6 +115,18 @@ class _PartState:
     def on_part_end(self) -> None:
         self.in_file = False
         self.text_field = None
+        if self.request_digest is not None and self.part_digest is not None:
+            # Length-prefixed, so no part's bytes can pass for another's headers.
+            _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+            described = [
+                options.get(b"name", b""),
+                options.get(b"filename", b""),
+                self.headers.get(b"content-type", b""),
+                self.part_digest.digest(),
+            ]
+            for item in described:
+                self.request_digest.update(len(item).to_bytes(8, "big") + item)
+            self.part_digest = None
 
     def text_fields(self) -> dict[str, str]:
         fields = {}
@@ -166,20 +186,29 @@ class ReceivedForm:
 
 
 async def receive_file(
-    request: Request, spool: Path, max_size: int, max_parts: int = 16
+    request: Request,
+    spool: Path,
+    max_size: int,
+    max_parts: int = 16,
+    fingerprint: bool = False,
 ) -> Spooled:
     """Stream field `file` into a new file under `spool`; ingest consumes it."""
-    return (await receive_form(request, spool, max_size, max_parts)).spooled
+    return (await receive_form(request, spool, max_size, max_parts, fingerprint)).spooled
 
 
 async def receive_form(
-    request: Request, spool: Path, max_size: int, max_parts: int = 16
+    request: Request,
+    spool: Path,
+    max_size: int,
+    max_parts: int = 16,
+    fingerprint: bool = False,
 ) -> ReceivedForm:
     """Stream field `file` into a new file under `spool` (ingest consumes it) and keep the
     small TEXT_FIELDS beside it.
 
     Every byte of the body counts: the file against `max_size`, the whole body against
-    `max_size` plus a small allowance for framing and other fields.
+    `max_size` plus a small allowance for framing and other fields. With `fingerprint`, every
+    part is hashed on the way (the boundary is the client's random choice, so not the raw body).
     """
     boundary = multipart_boundary(request)
     # A body declared past the limit is refused without being stored (read and dropped if it
@@ -190,6 +219,8 @@ async def receive_form(
             await _drain(request.stream(), length)
         raise errors.file_too_large(max_size)
     state = _PartState(max_parts=max_parts)
+    if fingerprint:
+        state.request_digest = hashlib.sha256()
     parser = MultipartParser(boundary, _callbacks(state))
     tmp = spool / secrets.token_hex(16)
     try:
@@ -217,7 +248,9 @@ async def receive_form(
     except FieldProblem as exc:
         await discard_spool(tmp)
         raise exc.as_api_error() from exc
-    return ReceivedForm(Spooled(path=tmp, size=size, filename=state.filename), fields)
+    digest = state.request_digest.hexdigest() if state.request_digest is not None else None
+    spooled = Spooled(path=tmp, size=size, filename=state.filename, fingerprint=digest)
+    return ReceivedForm(spooled, fields)
 
 
 async def _stream_to(

@@ -12,7 +12,8 @@ from thumbnailer.auth import TokenVerifier
 from thumbnailer.broker import Broker, Topology
 from thumbnailer.config import Settings
 from thumbnailer.ingest import Ingest, Limits
-from thumbnailer.repo import Repo, StatusNotifier
+from thumbnailer.lifecycle import Reprocessor
+from thumbnailer.repo import IdempotencyKeys, Repo, StatusNotifier
 from thumbnailer.store import Store, open_store
 from thumbnailer.variants import VariantLimits, VariantRequests
 
@@ -29,6 +30,8 @@ class Services:
     uploads: UploadGate
     limiter: RateLimiter
     verifier: TokenVerifier | None  # None in AUTH_MODE=none: every request is the operator
+    idempotency_keys: IdempotencyKeys
+    reprocessor: Reprocessor
 
 
 class UploadGate:
@@ -67,4 +70,6 @@ def build_services(settings: Settings) -> Services:
         uploads=UploadGate(settings.max_concurrent_uploads),
         limiter=RateLimiter(settings),
         verifier=TokenVerifier(settings) if settings.auth_mode == "jwt" else None,
+        idempotency_keys=IdempotencyKeys(repo),
+        reprocessor=Reprocessor(repo, broker),
     )

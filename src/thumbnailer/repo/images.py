@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +19,17 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    delete,
+    exists,
     func,
     insert,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB, array
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -107,6 +111,35 @@ _ATTACH = (
     )
     .returning(ImageRow.id)
 )
+_RESTART = _transition_statement((Status.ERROR,), "status", "error")
+# Thumbnails made again: the new set replaces the old in one statement (readers see one or the
+# other), and the old set comes back so the caller can remove the files only it named.
+_REPLACE_THUMBNAILS = text("""
+    WITH old AS (
+        SELECT id, thumbnails FROM images
+        WHERE id = :image_id AND status IN ('NEW', 'PROCESSING', 'DONE') FOR UPDATE
+    ), changed AS (
+        UPDATE images SET status = 'DONE', thumbnails = :thumbnails, error = NULL,
+                          updated_at = now()
+        FROM old WHERE images.id = old.id
+        RETURNING images.id, old.thumbnails AS previous
+    )
+    SELECT previous, pg_notify(:channel, CAST(id AS text)) FROM changed
+    """).bindparams(bindparam("thumbnails", type_=JSONB), bindparam("channel", STATUS_CHANNEL))
+_EXISTS = select(exists().where(ImageRow.id == bindparam("image_id")))
+
+
+def _delete_statement(by_owner: bool) -> Select[Any]:
+    """DELETE ... RETURNING the row, with a NOTIFY so long-polls wake to their 404 at once."""
+    condition = ImageRow.id == bindparam("image_id")
+    if by_owner:
+        condition = and_(condition, ImageRow.owner == bindparam("owner"))
+    gone = delete(ImageRow).where(condition).returning(*_COLUMNS).cte("gone")
+    return select(*gone.c, func.pg_notify(STATUS_CHANNEL, cast(gone.c.id, Text)))
+
+
+_DELETE_ANY = _delete_statement(by_owner=False)
+_DELETE_OWNED = _delete_statement(by_owner=True)
 
 
 def _record(row: Row[Any]) -> ImageRecord:
@@ -175,6 +208,13 @@ class Repo:
     def _transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return _translating(self.engine.begin())
 
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """One autocommit connection, for the other tables' modules in this package."""
+        return self._autocommit()
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self._transaction()
+
     async def add(self, new: NewImage) -> None:
         values = {
             "id": new.id,
@@ -225,6 +265,89 @@ class Repo:
             row = (await conn.execute(_GET, {"image_id": image_id})).first()
         return _record(row) if row is not None else None
 
+    async def exists(self, image_id: uuid.UUID) -> bool:
+        async with self._autocommit() as conn:
+            return bool((await conn.execute(_EXISTS, {"image_id": image_id})).scalar())
+
+    async def delete(self, image_id: uuid.UUID, owner: str | None = None) -> ImageRecord | None:
+        """Remove the row (only `owner`'s, when given); the record that was, None if none was.
+
+        Rows of other tables about the image (variants...) go with it (ON DELETE CASCADE).
+        """
+        params: dict[str, object] = {"image_id": image_id}
+        stmt = _DELETE_ANY
+        if owner is not None:
+            stmt, params = _DELETE_OWNED, {**params, "owner": owner}
+        async with self._autocommit() as conn:
+            row = (await conn.execute(stmt, params)).first()
+        return _record(row) if row is not None else None
+
+    async def delete_expired(
+        self, older_than_days: float, error_older_than_days: float, limit: int
+    ) -> list[ImageRecord]:
+        """One batch of rows past retention, deleted; the records that were, oldest first.
+
+        Past `older_than_days` since upload, or ERROR for `error_older_than_days` since it
+        failed (0 turns either off). SKIP LOCKED and RETURNING: of two callers at once, each row
+        goes to exactly one.
+        """
+        now = func.now()
+        expired = []
+        if older_than_days > 0:
+            expired.append(ImageRow.created_at < now - _seconds(older_than_days * 86400))
+        if error_older_than_days > 0:
+            expired.append(
+                and_(
+                    ImageRow.status == Status.ERROR.value,
+                    ImageRow.updated_at < now - _seconds(error_older_than_days * 86400),
+                )
+            )
+        if not expired:
+            return []
+        pick = (
+            select(ImageRow.id)
+            .where(or_(*expired))
+            .order_by(ImageRow.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = delete(ImageRow).where(ImageRow.id.in_(pick.scalar_subquery())).returning(*_COLUMNS)
+        async with self._transaction() as conn:
+            return [_record(row) for row in await conn.execute(stmt)]
+
+    async def without_rows(self, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of `ids` no row has: their files are orphans."""
+        wanted = set(ids)
+        if not wanted:
+            return set()
+        stmt = select(ImageRow.id).where(ImageRow.id.in_(list(wanted)))
+        async with self._autocommit() as conn:
+            found = {row.id for row in await conn.execute(stmt)}
+        return wanted - found
+
+    @asynccontextmanager
+    async def exclusive(self, lock_id: int) -> AsyncIterator[bool]:
+        """A PostgreSQL advisory lock across every process on the database, if free: True
+        inside when this caller holds it. A session lock on a connection held meanwhile, so a
+        process that dies releases it with its connection."""
+        conn = self.autocommit.connect()
+        try:
+            await conn.start()
+        except (SQLAlchemyError, OSError) as exc:
+            raise RepoUnavailable(str(exc) or type(exc).__name__) from exc
+        try:
+            held = bool((await conn.execute(select(func.pg_try_advisory_lock(lock_id)))).scalar())
+        except (SQLAlchemyError, OSError) as exc:
+            await conn.close()
+            raise RepoUnavailable(str(exc) or type(exc).__name__) from exc
+        try:
+            yield held
+        finally:
+            with suppress(SQLAlchemyError, OSError):  # a lost connection released it anyway
+                if held:
+                    await conn.execute(select(func.pg_advisory_unlock(lock_id)))
+            await conn.close()
+
     async def mark_processing(self, image_id: uuid.UUID) -> bool:
         """NEW -> PROCESSING only; a worker that already finished keeps its DONE."""
         return await self._transition(_TO_PROCESSING, image_id, status=Status.PROCESSING.value)
@@ -237,6 +360,43 @@ class Repo:
             _TO_DONE, image_id, status=Status.DONE.value, thumbnails=as_json
         )
 
+    async def replace_thumbnails(
+        self, image_id: uuid.UUID, thumbnails: Mapping[str, ThumbnailEntry]
+    ) -> dict[str, ThumbnailEntry] | None:
+        """Thumbnails made again: the row is DONE with these; the set it had before comes
+        back. None when no row could take them (deleted, or ERROR meanwhile)."""
+        as_json = {label: entry.to_json() for label, entry in thumbnails.items()}
+        async with self._autocommit() as conn:
+            found = (
+                await conn.execute(
+                    _REPLACE_THUMBNAILS, {"image_id": image_id, "thumbnails": as_json}
+                )
+            ).first()
+        if found is None:
+            return None
+        return {label: ThumbnailEntry.from_json(entry) for label, entry in (found[0] or {}).items()}
+
+    async def reprocess_candidates(
+        self,
+        statuses: tuple[Status, ...],
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None = None,
+        older_than: float | None = None,
+        lacking: tuple[str, ...] = (),
+    ) -> list[ImageRecord]:
+        """Oldest first from `after` (created_at, id): rows in `statuses`, uploaded more than
+        `older_than` seconds ago, whose thumbnails lack one of the labels in `lacking`."""
+        stmt = select(*_COLUMNS).where(ImageRow.status.in_([s.value for s in statuses]))
+        if after is not None:
+            stmt = stmt.where(tuple_(ImageRow.created_at, ImageRow.id) > tuple_(*after))
+        if older_than is not None:
+            stmt = stmt.where(ImageRow.created_at < func.now() - _seconds(older_than))
+        if lacking:
+            stmt = stmt.where(~ImageRow.thumbnails.has_all(array(lacking)))
+        stmt = stmt.order_by(ImageRow.created_at, ImageRow.id).limit(limit)
+        async with self._autocommit() as conn:
+            return [_record(row) for row in await conn.execute(stmt)]
+
     async def mark_error(self, image_id: uuid.UUID, reason: str) -> bool:
         return await self._transition(
             _TO_ERROR, image_id, status=Status.ERROR.value, error=reason[:2000]
@@ -245,6 +405,11 @@ class Repo:
     async def reopen(self, image_id: uuid.UUID) -> bool:
         """ERROR -> PROCESSING, for a job an operator sends round again."""
         return await self._transition(_REOPEN, image_id, status=Status.PROCESSING.value, error=None)
+
+    async def restart(self, image_id: uuid.UUID) -> bool:
+        """ERROR -> NEW, for an image sent round again: from here on it goes as an upload does
+        (published, then PROCESSING; left NEW for the relay when the publish fails)."""
+        return await self._transition(_RESTART, image_id, status=Status.NEW.value, error=None)
 
     async def _transition(self, stmt: Select[Any], image_id: uuid.UUID, **values: Any) -> bool:
         params = {"image_id": image_id, **{f"new_{k}": v for k, v in values.items()}}

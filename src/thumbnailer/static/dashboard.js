@@ -1,9 +1,11 @@
 // Recent images, newest first (the caller's own in jwt mode; all for an admin); refreshes every
-// 5 s; "Older images" follows the cursor.
+// 5 s; "Older images" follows the cursor. Each row can be made again (reprocess, once finished)
+// or deleted (after a confirmation: the thumbnails and every file made from it go too).
 "use strict";
 const rows = document.getElementById("rows");
 const more = document.getElementById("more");
 const filter = document.getElementById("status");
+const note = document.getElementById("note");
 let cursor = null;
 
 function cell(row, content) {
@@ -23,7 +25,46 @@ function render(image) {
   cell(tr, `${image.width}×${image.height}, ${(image.size_bytes / 1024).toFixed(0)} KiB`);
   cell(tr, new Date(image.created_at).toLocaleString());
   cell(tr, image.error || "");
+  const actions = document.createElement("span");
+  actions.append(
+    button("Reprocess", "reprocess", image, image.status !== "DONE" && image.status !== "ERROR"),
+    button("Delete", "delete", image, false),
+  );
+  cell(tr, actions);
+  tr.dataset.id = image.id;
   return tr;
+}
+
+function button(label, action, image, disabled) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.className = action;
+  b.dataset.action = action;
+  b.dataset.id = image.id;
+  b.dataset.name = image.filename || image.id;
+  b.disabled = disabled;
+  return b;
+}
+
+async function problem(response) {
+  try { return (await response.json()).detail; } catch { return `HTTP ${response.status}`; }
+}
+
+async function act(target) {
+  const { action, id, name } = target.dataset;
+  if (action === "delete") {
+    if (!confirm(`Delete ${name}? Its thumbnails go too; this cannot be undone.`)) return;
+    const response = await fetch(`/images/${id}`, { method: "DELETE", headers: auth.headers() });
+    if (response.status === 204 || response.status === 404) {
+      rows.querySelector(`tr[data-id="${id}"]`)?.remove();
+      note.textContent = `deleted ${name}`;
+    } else if (!auth.refused(response.status)) note.textContent = `not deleted: ${await problem(response)}`;
+  } else if (action === "reprocess") {
+    const response = await fetch(`/images/${id}/reprocess`, { method: "POST", headers: auth.headers() });
+    if (response.status === 202) { note.textContent = `making ${name} again`; load(false); }
+    else if (!auth.refused(response.status)) note.textContent = `not reprocessed: ${await problem(response)}`;
+  }
 }
 
 async function load(append) {
@@ -43,5 +84,6 @@ async function load(append) {
 filter.addEventListener("change", () => load(false));
 auth.onChange(() => load(false));
 more.addEventListener("click", () => load(true));
+rows.addEventListener("click", (e) => { if (e.target.dataset?.action) act(e.target); });
 load(false);
 setInterval(() => { if (!cursor || rows.children.length <= 25) load(false); }, 5000);

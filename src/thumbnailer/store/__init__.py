@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from thumbnailer.config import Settings
-from thumbnailer.store.base import ObjectMissing, Store, StoreError
-from thumbnailer.store.keys import original_key, thumbnail_key, variant_key, variant_prefix
+from thumbnailer.store.base import ObjectMissing, Store, StoredObject, StoreError
+from thumbnailer.store.keys import (
+    image_prefixes,
+    original_key,
+    thumbnail_key,
+    variant_key,
+    variant_prefix,
+)
 from thumbnailer.store.local import LocalStore
 from thumbnailer.store.signing import UrlSigner
 
@@ -46,7 +52,9 @@ __all__ = [
     "ObjectMissing",
     "Store",
     "StoreError",
+    "StoredObject",
     "UrlSigner",
+    "image_prefixes",
     "open_store",
     "original_key",
     "s3_store",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -14,6 +17,18 @@ class StoreError(OSError):
 
 class ObjectMissing(StoreError):
     """The key has no object: a caller that knows it should exist may treat this as final."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: datetime  # timezone-aware, UTC
+
+
+def check_folder(prefix: str) -> None:
+    """Prefixes name folders ('thumbnails/ab/<id>/'): object stores list by whole segments."""
+    if not prefix.endswith("/") or prefix.startswith("/") or ".." in prefix.split("/"):
+        raise ValueError(f"a prefix must be a relative folder ending in '/': {prefix!r}")
 
 
 class Store(Protocol):
@@ -35,6 +50,12 @@ class Store(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove the object; a missing one is not an error."""
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under the folder `prefix` (ends with '/'); returns how many."""
+
+    def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object under the folder `prefix` (ends with '/'), in no particular order."""
 
     def url(self, key: str, base: str) -> str:
         """Where a client fetches the object; `base` is the API's own public URL.

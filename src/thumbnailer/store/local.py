@@ -10,7 +10,9 @@ import errno
 import os
 import secrets
 import shutil
+from collections.abc import AsyncIterator
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiofiles
@@ -18,7 +20,7 @@ import aiofiles.os
 from starlette.types import ASGIApp
 
 from thumbnailer.leftovers import remove_files_older_than
-from thumbnailer.store.base import ObjectMissing, StoreError
+from thumbnailer.store.base import ObjectMissing, StoredObject, StoreError, check_folder
 from thumbnailer.store.local_files import ImmutableFiles
 from thumbnailer.store.signing import UrlSigner
 
@@ -109,6 +111,48 @@ class LocalStore:
             await _remove(self._path(key))
         except OSError as exc:
             raise StoreError(f"could not delete {key}: {exc.strerror or exc}") from exc
+
+    async def delete_prefix(self, prefix: str) -> int:
+        check_folder(prefix)
+        try:
+            return await asyncio.to_thread(self._remove_tree, self._path(prefix))
+        except OSError as exc:
+            raise StoreError(f"could not delete {prefix}: {exc.strerror or exc}") from exc
+
+    def _remove_tree(self, folder: Path) -> int:
+        removed = 0
+        for path, _ in self._walk(folder):
+            with suppress(FileNotFoundError):
+                os.remove(path)
+                removed += 1
+        # Folders go too, deepest first; one a writer has just refilled stays (not empty).
+        for directory, _, _ in sorted(os.walk(folder), key=lambda e: -len(e[0])):
+            with suppress(FileNotFoundError, OSError):
+                os.rmdir(directory)
+        return removed
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        check_folder(prefix)
+        folder = self._path(prefix)
+        try:
+            found = await asyncio.to_thread(lambda: list(self._walk(folder)))
+        except OSError as exc:
+            raise StoreError(f"could not list {prefix}: {exc.strerror or exc}") from exc
+        for path, mtime in found:
+            key = path.relative_to(self.root).as_posix()
+            yield StoredObject(key, datetime.fromtimestamp(mtime, UTC))
+
+    def _walk(self, folder: Path) -> list[tuple[Path, float]]:
+        """Files under `folder` with their modification times; the scratch folder never."""
+        files = []
+        for directory, _, names in os.walk(folder):
+            if Path(directory).is_relative_to(self._scratch):
+                continue
+            for name in names:
+                path = Path(directory) / name
+                with suppress(FileNotFoundError):
+                    files.append((path, path.stat().st_mtime))
+        return files
 
     def url(self, key: str, base: str) -> str:
         if self.signer is None:

@@ -18,7 +18,7 @@ import contextlib
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -34,7 +34,7 @@ from starlette.types import ASGIApp
 
 from thumbnailer.formats import MEDIA_TYPE_BY_EXTENSION
 from thumbnailer.logging import get_logger
-from thumbnailer.store.base import ObjectMissing, StoreError
+from thumbnailer.store.base import ObjectMissing, StoredObject, StoreError, check_folder
 from thumbnailer.store.keys import SERVED_PREFIXES
 from thumbnailer.store.local_files import IMMUTABLE
 from thumbnailer.store.signing import expiry as expires_at
@@ -51,6 +51,8 @@ SIGNED_CACHE_SIZE = 8192
 # The health check lists this (empty) prefix: one small request that needs the bucket and the
 # credentials to work, and that stays cheap however many objects the bucket holds.
 HEALTH_PREFIX = "health-probe/"
+# Keys per DeleteObjects request (S3's own maximum).
+DELETE_BATCH = 1000
 # How often the credentials are renewed off the request path (see `_keep_credentials_warm`).
 CREDENTIAL_REFRESH_SECONDS = 60.0
 _FAILURES: tuple[type[BaseException], ...] = (BaseError, OSError, TimeoutError)
@@ -227,6 +229,35 @@ class S3Store:
             pass
         except _FAILURES as exc:
             raise StoreError(f"could not delete {key}: {brief(exc)}") from exc
+
+    async def delete_prefix(self, prefix: str) -> int:
+        removed = 0
+        batch: list[str] = []
+        async for found in self.list_objects(prefix):
+            batch.append(found.key)
+            if len(batch) >= DELETE_BATCH:
+                removed += await self._delete_many(batch)
+                batch = []
+        if batch:
+            removed += await self._delete_many(batch)
+        return removed
+
+    async def _delete_many(self, keys: list[str]) -> int:
+        """One DeleteObjects request per batch (up to 1000 keys) instead of one per object."""
+        try:
+            await obstore.delete_async(self._store, keys)
+        except _FAILURES as exc:
+            raise StoreError(f"could not delete {keys[0]} and others: {brief(exc)}") from exc
+        return len(keys)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        check_folder(prefix)
+        try:
+            async for chunk in obstore.list(self._store, prefix, chunk_size=1000):
+                for meta in chunk:
+                    yield StoredObject(meta["path"], meta["last_modified"])
+        except _FAILURES as exc:
+            raise StoreError(f"could not list {prefix}: {brief(exc)}") from exc
 
     # --- URLs -----------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ message the way the retry policy decides:
 - transient failure (database, storage, broker) or a bug -> republished to a retry queue with
   back-off, or, once retries are spent, the handler gives up (row ERROR) and the message is
   dead-lettered;
-- poison (malformed body, unknown kind, unknown image) -> dead-lettered at once.
+- poison (malformed body, unknown kind) -> dead-lettered at once; a job whose image was
+  deleted is the handler's to skip.
 A crash before the ack leaves the message unacknowledged, so RabbitMQ delivers it again; the
 handlers are idempotent, so a second run changes nothing.
 

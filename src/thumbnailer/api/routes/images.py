@@ -11,10 +11,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from thumbnailer.api import errors
 from thumbnailer.api.deps import (
+    IdempotencyDep,
     IngestDep,
     NotifierDep,
     PrincipalDep,
     RepoDep,
+    ReprocessorDep,
     RequestId,
     SettingsDep,
     StoreDep,
@@ -32,8 +34,10 @@ from thumbnailer.api.presenters import etag, poll_headers, present, present_vari
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted, VariantAccepted
 from thumbnailer.api.url_ingest import UrlUpload, accept_url, checked_callback, is_json
 from thumbnailer.auth import Principal
+from thumbnailer.broker import BrokerUnavailable
 from thumbnailer.config import Settings
-from thumbnailer.ingest import discard_spool
+from thumbnailer.ingest import Accepted, discard_spool
+from thumbnailer.lifecycle import NotFinished, erase_image_files
 from thumbnailer.records import ImageRecord, Status, VariantRecord
 from thumbnailer.repo import Repo
 from thumbnailer.repo.variants import TooManyVariants
@@ -80,9 +84,10 @@ UPLOAD_BODY = {
     status_code=202,
     response_model=UploadAccepted,
     response_model_exclude_none=True,  # `variant` only when the form asked for one
-    responses=error_responses(401, 408, 413, 415, 422, 429, 503, 507),
+    responses=error_responses(401, 408, 409, 413, 415, 422, 429, 503, 507),
     openapi_extra=UPLOAD_BODY,
-    summary='Upload an image (multipart field `file`), or have it fetched (JSON `{"url"}`)',
+    summary='Upload an image (multipart field `file`), or have it fetched (JSON `{"url"}`); '
+    "an Idempotency-Key makes retries safe",
     dependencies=[Depends(limit_uploads)],
 )
 async def upload_image(
@@ -94,7 +99,8 @@ async def upload_image(
     request_id: RequestId,
     principal: PrincipalDep,
     variants: VariantsDep,
-) -> UploadAccepted:
+    idempotency: IdempotencyDep,
+) -> Any:
     if is_json(request):
         return await accept_url(request, response, settings, ingest, request_id, principal)
     with uploads.admit():
@@ -102,16 +108,35 @@ async def upload_image(
         try:
             async with asyncio.timeout(settings.upload_timeout):
                 received = await receive_form(
-                    request, settings.spool_path, settings.max_file_size, settings.max_form_parts
+                    request,
+                    settings.spool_path,
+                    settings.max_file_size,
+                    settings.max_form_parts,
+                    fingerprint=idempotency.name is not None,
                 )
         except TimeoutError as exc:
             raise errors.upload_timeout(settings.upload_timeout) from exc
-        callback = await checked_callback(
-            received.fields.get("callback_url"), settings, received.spooled
-        )
-        spec = await _asked_variant(received, variants)
-        accepted = await ingest(received.spooled, request_id, principal.subject, callback, spec)
-    response.headers["Location"] = f"/images/{accepted.id}"
+        spooled = received.spooled
+        try:
+            callback = await checked_callback(
+                received.fields.get("callback_url"), settings, spooled
+            )
+            spec = await _asked_variant(received, variants)
+            async with idempotency.claim(spooled.fingerprint) as claim:
+                if claim.replay is not None:
+                    return claim.replayed()  # the first upload's answer; nothing stored again
+                accepted = await ingest(spooled, request_id, principal.subject, callback, spec)
+                response.headers["Location"] = f"/images/{accepted.id}"
+                body = _upload_accepted(accepted)
+                claim.remember(
+                    202, body.model_dump(mode="json", exclude_none=True), dict(response.headers)
+                )
+                return body
+        finally:
+            await discard_spool(spooled.path)  # ingest consumed it, unless it never ran
+
+
+def _upload_accepted(accepted: Accepted) -> UploadAccepted:
     variant = accepted.variant
     return UploadAccepted(
         id=accepted.id,
@@ -222,6 +247,57 @@ async def get_image(
     shown = present(row, base, settings.thumbnail_boxes, store)
     shown.variants = present_variants(variants, base, store)
     return shown
+
+
+@router.delete(
+    "/images/{image_id}",
+    status_code=204,
+    responses=error_responses(401, 404, 422, 429, 503),
+    summary="Delete the image, its thumbnails and every file made from it (owner or admin)",
+)
+async def delete_image(
+    repo: RepoDep,
+    store: StoreDep,
+    principal: PrincipalDep,
+    image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
+) -> Response:
+    row = await repo.delete(image_id, owner=principal.owner_filter)
+    if row is None:
+        raise errors.image_not_found(image_id)
+    # After the row: a failure here leaves orphans for the sweep, and the delete has happened.
+    await erase_image_files(store, row)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/images/{image_id}/reprocess",
+    status_code=202,
+    response_model=UploadAccepted,
+    responses=error_responses(401, 404, 409, 422, 429, 503),
+    summary="Make the thumbnails again, in the sizes now configured (owner or admin)",
+    dependencies=[Depends(limit_uploads)],
+)
+async def reprocess_image(
+    response: Response,
+    repo: RepoDep,
+    reprocess: ReprocessorDep,
+    principal: PrincipalDep,
+    request_id: RequestId,
+    image_id: Annotated[uuid.UUID, Path(description="The id returned by the upload")],
+) -> UploadAccepted:
+    row = await _load(repo, image_id, principal)
+    try:
+        status = await reprocess(row, request_id)
+    except NotFinished as exc:
+        raise errors.IMAGE_NOT_FINISHED from exc
+    except BrokerUnavailable as exc:
+        raise errors.QUEUE_DOWN from exc
+    response.headers["Location"] = f"/images/{image_id}"
+    return UploadAccepted(
+        id=row.id,
+        status=status,
+        message="Thumbnails are being made again; the current ones are served until then.",
+    )
 
 
 def private_headers(settings: Settings) -> dict[str, str]:

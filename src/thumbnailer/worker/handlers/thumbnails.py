@@ -2,6 +2,12 @@
 
 Idempotent: the same keys are overwritten with the same bytes and the status write is
 conditional, so a job delivered twice changes nothing the second time.
+
+A reprocess job carries a generation: its thumbnails go under a folder of that name and replace
+the row's set in one statement, and a DONE image keeps serving its old set until then.
+
+An image may be deleted while its job runs: the handler looks for the row again before writing,
+and when the status write finds no row it removes what it wrote, so no file outlives its row.
 """
 
 from __future__ import annotations
@@ -16,15 +22,21 @@ from typing import Any, ClassVar, TypeVar
 from thumbnailer import imaging, metrics
 from thumbnailer.broker import THUMBNAILS, Job, PoisonMessage
 from thumbnailer.decode_budget import OverBudget
+from thumbnailer.lifecycle import erase_files, generation_of
 from thumbnailer.logging import get_logger
-from thumbnailer.records import ImageRecord, ThumbnailEntry
+from thumbnailer.records import ImageRecord, Status, ThumbnailEntry
 from thumbnailer.store import thumbnail_key
+from thumbnailer.store.keys import thumbnail_generation_key
 from thumbnailer.worker.handlers.base import Context, Result
 from thumbnailer.worker.outcomes import observe_stages
 from thumbnailer.worker.webhooks import Webhooks
 
 log = get_logger("thumbnailer.worker")
 T = TypeVar("T")
+
+
+class ImageDeleted(Exception):
+    """The row went while the thumbnails were being made: nothing is to be written."""
 
 
 class ThumbnailHandler:
@@ -37,8 +49,10 @@ class ThumbnailHandler:
     async def run(self, job: Job) -> Result:
         row = await self.ctx.repo.get(job.image_id)
         if row is None:
-            raise PoisonMessage(f"no image with id {job.image_id}")
-        if row.finished:
+            # Deleted (or never there): nothing to make, and nothing a retry could fix.
+            return Result("skipped", {"reason": "image deleted"})
+        generation = generation_of(job)
+        if row.status == Status.ERROR or (row.finished and generation is None):
             # Delivered again after it finished: its webhook calls may not have gone out.
             await self.webhooks.announce(row)
             return Result("skipped", {"status": row.status})
@@ -48,22 +62,54 @@ class ThumbnailHandler:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            entries = await self._make(row, timings)
+            entries = await self._make(row, generation, timings)
         except (imaging.ImagingError, OverBudget) as exc:
             if await self.ctx.repo.mark_error(row.id, str(exc)):
                 await self.webhooks.announce(row)
             return Result("error", {"reason": str(exc)})
+        except ImageDeleted:
+            return Result("skipped", {"reason": "image deleted"})
         finally:
             observe_stages(timings)
-        if await self.ctx.repo.mark_done(row.id, entries):
+        if generation is not None:
+            await self._replace(row, entries)
+        elif await self.ctx.repo.mark_done(row.id, entries):
             await self.webhooks.announce(row)
+        else:
+            await self._clean_up_if_deleted(row, entries)
         return Result("done", {"duration_ms": round((time.perf_counter() - started) * 1000, 1)})
 
     async def give_up(self, job: Job, reason: str) -> None:
         if await self.ctx.repo.mark_error(job.image_id, reason):
             await self.webhooks.announce_by_id(job.image_id)
 
-    async def _make(self, row: ImageRecord, timings: dict[str, float]) -> dict[str, ThumbnailEntry]:
+    async def _clean_up_if_deleted(
+        self, row: ImageRecord, entries: dict[str, ThumbnailEntry]
+    ) -> None:
+        """The status write found no open row: finished by another delivery, or deleted.
+
+        Deleted while we wrote: what we wrote has no row any more, so it goes now.
+        """
+        if await self.ctx.repo.exists(row.id):
+            return
+        removed = await erase_files(self.ctx.store, row.id, [e.key for e in entries.values()])
+        log.info("job_lost_to_delete", removed=removed)
+
+    async def _replace(self, row: ImageRecord, entries: dict[str, ThumbnailEntry]) -> None:
+        """Made again: the new set replaces the old in the row, then the old files go (the
+        new ones live under a folder of their own, so no URL handed out changes content)."""
+        previous = await self.ctx.repo.replace_thumbnails(row.id, entries)
+        if previous is None:  # deleted, or failed meanwhile: nothing points at what we wrote
+            await asyncio.gather(*(self.ctx.store.delete(e.key) for e in entries.values()))
+            await self._clean_up_if_deleted(row, entries)
+            return
+        current = {entry.key for entry in entries.values()}
+        stale = [entry.key for entry in previous.values() if entry.key not in current]
+        await asyncio.gather(*(self.ctx.store.delete(key) for key in stale))
+
+    async def _make(
+        self, row: ImageRecord, generation: str | None, timings: dict[str, float]
+    ) -> dict[str, ThumbnailEntry]:
         started = time.perf_counter()
         assert row.original_key is not None  # checked in run()
         source = await self.ctx.store.read(row.original_key)
@@ -71,10 +117,17 @@ class ThumbnailHandler:
         need = await self._in_pool(self._estimate, source)
         async with self.ctx.memory.reserve(need):
             thumbnails = await self._in_pool(self._imaging, source, timings)
+        if not await self.ctx.repo.exists(row.id):
+            raise ImageDeleted(row.id)
         started = time.perf_counter()
+        image_id = str(row.id)
         entries = {
             thumb.label: ThumbnailEntry(
-                thumbnail_key(str(row.id), thumb.label, thumb.format),
+                (
+                    thumbnail_key(image_id, thumb.label, thumb.format)
+                    if generation is None
+                    else thumbnail_generation_key(image_id, generation, thumb.label, thumb.format)
+                ),
                 thumb.width,
                 thumb.height,
                 thumb.media_type,
