@@ -210,7 +210,7 @@ def test_migration_0005_goes_up_and_down() -> None:
     try:
         command.upgrade(alembic(url), "0005")
         assert asyncio.run(_has_table(url, "idempotency_keys"))
-        command.downgrade(alembic(url), "0002")
+        command.downgrade(alembic(url), "0004")
         assert not asyncio.run(_has_table(url, "idempotency_keys"))
         command.upgrade(alembic(url), "0005")
     finally:
