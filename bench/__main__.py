@@ -53,6 +53,7 @@ PARTS: dict[str, Part] = {
     "s3": Part("Object storage clients", "bench.s3_clients", _standard),
     "storage": Part("Storage backends", "bench.storage_backends", _standard),
     "auth": Part("Auth", "bench.auth", _standard),
+    "placeholder": Part("Placeholder", "bench.placeholder", _standard),
 }
 
 

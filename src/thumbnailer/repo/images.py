@@ -33,6 +33,7 @@ from thumbnailer.records import (
     OPEN,
     ImageRecord,
     NewImage,
+    Placeholder,
     Status,
     ThumbnailEntry,
 )
@@ -80,7 +81,7 @@ _COLUMNS = ImageRow.__table__.c
 _INSERT = insert(ImageRow)
 _GET = select(*_COLUMNS).where(ImageRow.id == bindparam("image_id"))
 _TO_PROCESSING = _transition_statement((Status.NEW,), "status")
-_TO_DONE = _transition_statement(OPEN, "status", "thumbnails")
+_TO_DONE = _transition_statement(OPEN, "status", "thumbnails", "placeholder")
 _TO_ERROR = _transition_statement(OPEN, "status", "error")
 _REOPEN = _transition_statement((Status.ERROR,), "status", "error")
 
@@ -105,6 +106,7 @@ def _record(row: Row[Any]) -> ImageRecord:
         created_at=values["created_at"],
         updated_at=values["updated_at"],
         owner=values["owner"],
+        placeholder=Placeholder.from_json(values["placeholder"]) if values["placeholder"] else None,
     )
 
 
@@ -169,11 +171,18 @@ class Repo:
         return await self._transition(_TO_PROCESSING, image_id, status=Status.PROCESSING.value)
 
     async def mark_done(
-        self, image_id: uuid.UUID, thumbnails: Mapping[str, ThumbnailEntry]
+        self,
+        image_id: uuid.UUID,
+        thumbnails: Mapping[str, ThumbnailEntry],
+        placeholder: Placeholder | None = None,
     ) -> bool:
         as_json = {label: entry.to_json() for label, entry in thumbnails.items()}
         return await self._transition(
-            _TO_DONE, image_id, status=Status.DONE.value, thumbnails=as_json
+            _TO_DONE,
+            image_id,
+            status=Status.DONE.value,
+            thumbnails=as_json,
+            placeholder=placeholder.to_json() if placeholder else None,
         )
 
     async def mark_error(self, image_id: uuid.UUID, reason: str) -> bool:

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-from thumbnailer import imaging, metrics
+from thumbnailer import imaging, metrics, placeholder
 from thumbnailer.broker import THUMBNAILS, Job, PoisonMessage
 from thumbnailer.decode_budget import OverBudget
 from thumbnailer.logging import get_logger
-from thumbnailer.records import ImageRecord, ThumbnailEntry
+from thumbnailer.records import ImageRecord, Placeholder, ThumbnailEntry
 from thumbnailer.store import thumbnail_key
 from thumbnailer.worker.handlers.base import Context, Result
 from thumbnailer.worker.outcomes import observe_stages
@@ -41,25 +41,28 @@ class ThumbnailHandler:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            entries = await self._make(row, timings)
+            entries, preview = await self._make(row, timings)
         except (imaging.ImagingError, OverBudget) as exc:
             await self.ctx.repo.mark_error(row.id, str(exc))
             return Result("error", {"reason": str(exc)})
         finally:
             observe_stages(timings)
-        await self.ctx.repo.mark_done(row.id, entries)
+        await self.ctx.repo.mark_done(row.id, entries, preview)
         return Result("done", {"duration_ms": round((time.perf_counter() - started) * 1000, 1)})
 
     async def give_up(self, job: Job, reason: str) -> None:
         await self.ctx.repo.mark_error(job.image_id, reason)
 
-    async def _make(self, row: ImageRecord, timings: dict[str, float]) -> dict[str, ThumbnailEntry]:
+    async def _make(
+        self, row: ImageRecord, timings: dict[str, float]
+    ) -> tuple[dict[str, ThumbnailEntry], Placeholder | None]:
         started = time.perf_counter()
         source = await self.ctx.store.read(row.original_key)
         timings["read"] = time.perf_counter() - started
         need = await self._in_pool(self._estimate, source)
         async with self.ctx.memory.reserve(need):
             thumbnails = await self._in_pool(self._imaging, source, timings)
+        preview = await self._in_pool(self._placeholder, thumbnails, timings)
         started = time.perf_counter()
         entries = {
             thumb.label: ThumbnailEntry(
@@ -67,6 +70,7 @@ class ThumbnailHandler:
                 thumb.width,
                 thumb.height,
                 thumb.media_type,
+                len(thumb.data),
             )
             for thumb in thumbnails
         }
@@ -77,7 +81,25 @@ class ThumbnailHandler:
             )
         )
         timings["write"] = time.perf_counter() - started
-        return entries
+        return entries, preview
+
+    def _placeholder(
+        self, thumbnails: list[imaging.Thumbnail], timings: dict[str, float]
+    ) -> Placeholder | None:
+        """From the smallest thumbnail; the largest gives the aspect ratio with least rounding.
+
+        A placeholder is a nicety: if it cannot be made the image is DONE without one.
+        """
+        started = time.perf_counter()
+        smallest = min(thumbnails, key=lambda thumb: thumb.width * thumb.height)
+        largest = max(thumbnails, key=lambda thumb: thumb.width * thumb.height)
+        try:
+            return placeholder.make_placeholder(smallest.data, largest.width / largest.height)
+        except (OSError, ValueError) as exc:
+            log.warning("placeholder_failed", error=str(exc))
+            return None
+        finally:
+            timings["placeholder"] = time.perf_counter() - started
 
     async def _in_pool(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
