@@ -221,6 +221,36 @@ class Repo:
         async with self._autocommit() as conn:
             return [_record(row) for row in await conn.execute(stmt)]
 
+    async def now(self) -> datetime:
+        """The database's clock: the one every updated_at is written with."""
+        async with self._autocommit() as conn:
+            moment: datetime = (await conn.execute(select(func.now()))).scalar_one()
+        return moment
+
+    async def changed_after(
+        self, after: tuple[datetime, uuid.UUID], owner: str | None = None, limit: int = 500
+    ) -> list[ImageRecord]:
+        """Rows whose (updated_at, id) is after `after`, oldest change first (event streams
+        catching up); page on with the last row's (updated_at, id).
+
+        With `owner`, only that owner's rows. The status list is every status: it lets the
+        (status, updated_at) index serve the range instead of a scan of the whole table.
+        """
+        stmt = (
+            select(*_COLUMNS)
+            .where(
+                ImageRow.status.in_([s.value for s in Status]),
+                ImageRow.updated_at >= after[0],
+                tuple_(ImageRow.updated_at, ImageRow.id) > tuple_(*after),
+            )
+            .order_by(ImageRow.updated_at, ImageRow.id)
+            .limit(limit)
+        )
+        if owner is not None:
+            stmt = stmt.where(ImageRow.owner == owner)
+        async with self._autocommit() as conn:
+            return [_record(row) for row in await conn.execute(stmt)]
+
     async def claim_stale(
         self, new_after: float, processing_after: float, limit: int = 100
     ) -> list[tuple[uuid.UUID, str | None]]:
