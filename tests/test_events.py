@@ -256,6 +256,8 @@ def test_streams_show_only_the_callers_images_in_jwt_mode(jwt_api: Services) -> 
             client.stream("GET", "/events", headers=admin) as admins,
         ):
             bob_stream, admin_stream = EventReader(bobs), EventReader(admins)
+            assert "Authorization" in bobs.headers["vary"]
+            assert bobs.headers["cache-control"] == "no-store"
             alices_image = upload(client, alice)
             change(jwt_api.settings, done(alices_image))
             bobs_image = upload(client, bob)  # NOTIFY comes in commit order: after alice's

@@ -104,9 +104,17 @@ class Api:
         return response
 
     async def upload(self, path: Path, on_sent: Callable[[int], None]) -> httpx.Response:
+        sent = 0
+
+        def count(size: int) -> None:
+            nonlocal sent
+            sent += size
+            on_sent(size)
+
         async def post() -> httpx.Response:
+            count(-sent)  # a retry sends the file again from its start
             with path.open("rb") as handle:
-                counted = cast(IO[bytes], Counting(handle, on_sent))  # read, seek, tell, fileno
+                counted = cast(IO[bytes], Counting(handle, count))  # read, seek, tell, fileno
                 files = {"file": (path.name, counted)}
                 return await self.http.post("/images", files=files)
 

@@ -57,6 +57,11 @@ LastEventId = Annotated[
 ]
 
 
+def stream_headers(settings: Settings) -> dict[str, str]:
+    """No cache of any kind keeps a stream; in jwt mode it also varies with the token."""
+    return {**private_headers(settings), "Cache-Control": "no-store"}
+
+
 def stamp(moment: datetime) -> str:
     return str((moment - EPOCH) // MICROSECOND)
 
@@ -113,7 +118,7 @@ async def image_events(
         settings.sse_heartbeat,
     )  # fmt: skip
     return EventSourceResponse(
-        events, ping=settings.sse_heartbeat, headers=private_headers(settings)
+        events, ping=settings.sse_heartbeat, headers=stream_headers(settings)
     )
 
 
@@ -161,7 +166,7 @@ async def all_events(
         settings.sse_heartbeat,
     )  # fmt: skip
     return EventSourceResponse(
-        events, ping=settings.sse_heartbeat, headers=private_headers(settings)
+        events, ping=settings.sse_heartbeat, headers=stream_headers(settings)
     )
 
 
