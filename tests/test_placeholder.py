@@ -1,4 +1,4 @@
-"""Placeholders and renditions as pure logic: BlurHash, dominant colour, srcset."""
+"""Pure logic of the front-end features: BlurHash and dominant colour, srcset, event ids."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import blurhash
 from PIL import Image, ImageDraw
 
 from thumbnailer.api.presenters import present
+from thumbnailer.api.routes.events import parse_stamp, stamp
 from thumbnailer.placeholder import dominant_colour, make_placeholder
 from thumbnailer.records import ImageRecord, Placeholder, Status, ThumbnailEntry
 from thumbnailer.store import LocalStore
@@ -117,3 +118,11 @@ def parse_srcset(value: str) -> list[tuple[str, int]]:
 def test_srcset_parser_refuses_what_a_browser_would() -> None:
     assert parse_srcset("a.jpg 100w, b.jpg 300w") == [("a.jpg", 100), ("b.jpg", 300)]
     assert SRCSET_CANDIDATE.match("a.jpg 1.5x") is None
+
+
+def test_event_ids_round_trip_and_foreign_ones_are_ignored() -> None:
+    moment = datetime(2026, 12, 1, 23, 59, 58, 123456, tzinfo=UTC)
+    assert stamp(moment) == "1796169598123456"
+    assert parse_stamp(stamp(moment)) == moment
+    for foreign in (None, "", "abc", "-5", "1.5", "9" * 5000, "9" * 20):
+        assert parse_stamp(foreign) is None

@@ -49,6 +49,7 @@ MICROSECOND = timedelta(microseconds=1)
 REPLAY_MARGIN = timedelta(seconds=2)
 LOWEST_ID = uuid.UUID(int=0)
 PAGE = 500
+MAX_STAMP_DIGITS = 19  # microseconds until the year 318857: anything longer is not ours
 STREAM: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "An event stream"}
 }
@@ -68,7 +69,7 @@ def stamp(moment: datetime) -> str:
 
 def parse_stamp(value: str | None) -> datetime | None:
     """The moment an event id stands for; None for no id or one we never handed out."""
-    if value is None or not value.strip().isdigit():
+    if value is None or not value.strip().isdigit() or len(value.strip()) > MAX_STAMP_DIGITS:
         return None
     try:
         return EPOCH + int(value.strip()) * MICROSECOND
