@@ -56,6 +56,7 @@ PARTS: dict[str, Part] = {
     "variants": Part("Variants: AVIF and WebP against libvips", "bench.variants", _standard),
     "fixed": Part("Fixed cost per job", "bench.fixed_cost", _standard),
     "load": Part("Load held", "bench.load", _standard),
+    "placeholder": Part("Placeholder", "bench.placeholder", _standard),
 }
 
 

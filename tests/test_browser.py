@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.auth_support import hs_token
@@ -74,6 +75,31 @@ def chrome_driver() -> Iterator[object]:
         driver.quit()
 
 
+# Records, as the page builds it, each thumbnail slot (its placeholder colour, and whether its
+# image had already loaded: it cannot have, if the placeholder came first) and each image load.
+RECORD_TIMELINE = """
+window.timeline = [];
+new MutationObserver(() => {
+  document.querySelectorAll(".slot:not([data-recorded])").forEach((slot) => {
+    slot.dataset.recorded = "1";
+    const img = slot.querySelector("img");
+    window.timeline.push({kind: "slot", color: slot.dataset.color || null,
+                          label: img.dataset.label, loaded: img.complete && img.naturalWidth > 0});
+  });
+}).observe(document.body, {subtree: true, childList: true});
+document.addEventListener("load", (e) => {
+  const img = e.target;
+  if (img.tagName === "IMG") window.timeline.push({kind: "load", label: img.dataset.label});
+}, true);
+"""
+PAINTED_PIXEL = """
+const canvas = arguments[0];
+if (!canvas.dataset.painted) return null;
+const middle = [canvas.width >> 1, canvas.height >> 1];
+return Array.from(canvas.getContext("2d").getImageData(...middle, 1, 1).data);
+"""
+
+
 def upload_and_see_thumbnails(driver: object, base_url: str, picture: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -101,6 +127,57 @@ def upload_and_see_thumbnails(driver: object, base_url: str, picture: Path) -> N
         for img in images
     }
     assert widths == {"100x100": 100, "300x300": 300, "1200x1200": 1200}
+    # Laid out at their real sizes before they loaded: the attributes came from the renditions.
+    assert all(
+        img.get_dom_attribute("width") == str(widths[img.get_attribute("data-label")])
+        for img in images
+    )
+
+
+def test_upload_page_shows_the_placeholder_then_the_thumbnails_via_sse(
+    chrome_driver: object, services: Services, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome_driver
+    assert isinstance(driver, WebDriver)
+    colour = (200, 80, 40)
+    picture = tmp_path / "brick.jpg"
+    picture.write_bytes(jpeg_bytes(1500, 1000, colour))
+    driver.get(services.base_url + "/")
+    driver.execute_script(RECORD_TIMELINE)
+    upload_and_see_thumbnails(driver, services.base_url, picture)
+    card = driver.find_element(By.CSS_SELECTOR, ".card[data-status='DONE']")
+    image_id = card.get_attribute("data-id")
+    log = services.api.logs()  # before this test's own GET below
+    with httpx.Client(base_url=services.base_url) as client:
+        placeholder = client.get(f"/images/{image_id}").json()["placeholder"]
+    timeline = driver.execute_script("return window.timeline")
+    slots = [entry for entry in timeline if entry["kind"] == "slot"]
+    assert sorted(slot["label"] for slot in slots) == ["100x100", "1200x1200", "300x300"]
+    # Each slot showed the placeholder colour before its thumbnail had loaded ...
+    assert all(slot["color"] == placeholder["color"] and not slot["loaded"] for slot in slots)
+    first_load = min(timeline.index(e) for e in timeline if e["kind"] == "load")
+    assert max(timeline.index(slot) for slot in slots) < first_load
+    # ... with the BlurHash painted under it, close to the picture's one colour.
+    canvases = card.find_elements(By.CSS_SELECTOR, ".slot canvas.blur")
+    assert len(canvases) == 3
+
+    def painted(canvas: object) -> list[int]:
+        pixel: list[int] = WebDriverWait(driver, 10).until(
+            lambda d: d.execute_script(PAINTED_PIXEL, canvas)
+        )
+        return pixel
+
+    pixels = [painted(canvas) for canvas in canvases]
+    for red, green, blue, alpha in pixels:
+        assert alpha == 255
+        assert max(abs(red - 200), abs(green - 80), abs(blue - 40)) <= 12, pixels
+    # The page followed the status over Server-Sent Events, not by polling.
+    assert f'"path": "/images/{image_id}/events"' in log
+    assert f'"path": "/images/{image_id}"' not in log
 
 
 def test_upload_page_shows_three_thumbnails(

@@ -33,7 +33,7 @@ from thumbnailer.config import Settings
 pytestmark = pytest.mark.e2e
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-STAGES = ("read", "decode", "resize", "encode", "write")
+STAGES = ("read", "decode", "resize", "encode", "placeholder", "write")
 
 
 def parse(text: str) -> Samples:

@@ -1,4 +1,5 @@
-"""`thumbnailer api | worker | migrate | run | token | queues | dlq | reprocess | migrate-store`."""
+"""`thumbnailer api | worker | migrate | run | token | queues | dlq | reprocess | migrate-store |
+upload | status`."""
 
 from __future__ import annotations
 
@@ -310,11 +311,42 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the subject: who the token speaks for")
     token.add_argument("--scope", help="space-separated scopes, e.g. images:admin")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    add_client_commands(commands)
     return root
+
+
+def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`upload` and `status`: clients of the HTTP API (thumbnailer.client), any deployment."""
+    for name, text in (
+        ("upload", "upload images over the HTTP API"),
+        ("status", "an image's status"),
+    ):
+        command = commands.add_parser(name, help=text)
+        if name == "upload":
+            command.add_argument("files", nargs="+", metavar="FILE")
+            command.add_argument("--json", action="store_true", help="one JSON object per image")
+            command.add_argument("--concurrency", type=int, default=4, help="uploads at once")
+        else:
+            command.add_argument("image_id", metavar="ID")
+        command.add_argument("--api", help="base URL (default $THUMBNAILER_API or :8000)")
+        command.add_argument("--token", help="bearer token (default $THUMBNAILER_TOKEN)")
+        command.add_argument("--wait", action="store_true", help="until DONE or ERROR")
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from thumbnailer import client
+
+    if args.command == "upload":
+        return client.upload_command(
+            args.files, args.api, args.token, args.wait, args.json, args.concurrency
+        )
+    return client.status_command(args.image_id, args.api, args.token, args.wait)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.command in ("upload", "status"):
+        sys.exit(run_client(args))  # a client: the service's settings are not its business
     settings = get_settings()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:

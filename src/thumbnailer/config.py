@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     max_poll_wait: float = Field(
         30.0, ge=0, description="Longest `?wait=` a status request may hold, in seconds."
     )
+    sse_heartbeat: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between comment lines on an idle event stream, so proxies and "
+        "load balancers do not close it as dead.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed by CORS; * allows any.",

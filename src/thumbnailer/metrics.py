@@ -21,7 +21,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-STAGES = ("read", "decode", "resize", "encode", "write")
+STAGES = ("read", "decode", "resize", "encode", "placeholder", "write")
 OUTCOMES = ("done", "error", "retried", "dead_lettered", "skipped")
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SIZE_BUCKETS = tuple(2.0**n for n in range(10, 31, 2))  # 1 KiB .. 1 GiB

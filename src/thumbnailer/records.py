@@ -27,14 +27,18 @@ class ThumbnailEntry:
     width: int
     height: int
     media_type: str
+    bytes: int | None = None  # size of the encoded file; None for rows written before it was kept
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "key": self.key,
             "width": self.width,
             "height": self.height,
             "media_type": self.media_type,
         }
+        if self.bytes is not None:
+            value["bytes"] = self.bytes
+        return value
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> ThumbnailEntry:
@@ -43,7 +47,24 @@ class ThumbnailEntry:
             width=int(value["width"]),
             height=int(value["height"]),
             media_type=str(value["media_type"]),
+            bytes=int(value["bytes"]) if value.get("bytes") is not None else None,
         )
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """What a page shows until a thumbnail loads (thumbnailer.placeholder makes it)."""
+
+    hash: str  # BlurHash
+    color: str  # dominant colour, "#rrggbb"
+    aspect_ratio: float  # width / height as displayed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hash": self.hash, "color": self.color, "aspect_ratio": self.aspect_ratio}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Placeholder:
+        return cls(str(value["hash"]), str(value["color"]), float(value["aspect_ratio"]))
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,7 @@ class ImageRecord:
     owner: str | None = None
     source_url: str | None = None
     callback_url: str | None = None
+    placeholder: Placeholder | None = None
 
     @property
     def awaiting_fetch(self) -> bool:

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from thumbnailer import metrics
 from thumbnailer.api.errors import install_error_handlers
 from thumbnailer.api.proxy import ForwardedHeadersMiddleware, TrustedProxies
-from thumbnailer.api.routes import health, images, pages, variants
+from thumbnailer.api.routes import events, health, images, pages, variants
 from thumbnailer.api.services import Services, build_services
 from thumbnailer.config import Settings, get_settings
 from thumbnailer.ingest import sweep_spool
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.auth_mode == "jwt":
         document_bearer_auth(app)
     install_error_handlers(app)
-    for module in (images, variants, health, pages):
+    for module in (images, variants, events, health, pages):
         app.include_router(module.router)
     instrumentator = Instrumentator(
         should_group_status_codes=False, excluded_handlers=["/metrics"]
@@ -129,7 +129,7 @@ def document_bearer_auth(app: FastAPI) -> None:
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
             schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             for path, operations in schema.get("paths", {}).items():
-                if path.startswith("/images"):
+                if path.startswith(("/images", "/events")):
                     for operation in operations.values():
                         operation["security"] = [{"bearer": []}]
             app.openapi_schema = schema

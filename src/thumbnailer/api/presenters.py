@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from thumbnailer.api.schemas import ImageOut, VariantOut
+from thumbnailer.api.schemas import ImageOut, PlaceholderOut, Rendition, VariantOut
 from thumbnailer.records import ImageRecord, Status, VariantRecord
 from thumbnailer.store import Store
 
@@ -17,12 +17,16 @@ def present(row: ImageRecord, base: str, boxes: list[tuple[int, int]], store: St
         label = f"{width}x{height}"
         entry = row.thumbnails.get(label)
         thumbnails[label] = store.url(entry.key, base) if done and entry else None
+    renditions = _renditions(row, base, store) if done else []
     return ImageOut(
         id=row.id,
         status=row.status,
         original_url=store.url(row.original_key, base) if row.original_key else None,
         source_url=row.source_url,
         thumbnails=thumbnails,
+        renditions=renditions,
+        srcset=srcset(renditions) if renditions else None,
+        placeholder=PlaceholderOut(**row.placeholder.to_json()) if row.placeholder else None,
         error=row.error,
         filename=row.original_filename,
         media_type=row.media_type,
@@ -32,6 +36,33 @@ def present(row: ImageRecord, base: str, boxes: list[tuple[int, int]], store: St
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
+
+
+def _renditions(row: ImageRecord, base: str, store: Store) -> list[Rendition]:
+    """Every stored thumbnail, smallest first (the order srcset candidates are usually read)."""
+    entries = sorted(row.thumbnails.items(), key=lambda item: (item[1].width, item[1].height))
+    return [
+        Rendition(
+            label=label,
+            url=store.url(entry.key, base),
+            width=entry.width,
+            height=entry.height,
+            media_type=entry.media_type,
+            bytes=entry.bytes,
+        )
+        for label, entry in entries
+    ]
+
+
+def srcset(renditions: list[Rendition]) -> str:
+    """`<url> <width>w, ...`; a width two renditions share (a small original) is given once."""
+    seen: set[int] = set()
+    candidates = []
+    for rendition in renditions:
+        if rendition.width not in seen:
+            seen.add(rendition.width)
+            candidates.append(f"{rendition.url} {rendition.width}w")
+    return ", ".join(candidates)
 
 
 def present_variant(variant: VariantRecord, base: str, store: Store) -> VariantOut:

@@ -59,6 +59,25 @@ class UploadAccepted(BaseModel):
     )
 
 
+class Rendition(BaseModel):
+    """One thumbnail with what a page needs before it loads: its size (no layout shift)."""
+
+    label: str = Field(examples=["300x300"])
+    url: str
+    width: int
+    height: int
+    media_type: str = Field(examples=["image/jpeg"])
+    bytes: int | None = Field(None, description="File size; null for images made before 0.2.")
+
+
+class PlaceholderOut(BaseModel):
+    """What to paint before the thumbnails load: a BlurHash and the dominant colour."""
+
+    hash: str = Field(description="BlurHash (https://blurha.sh) of the image.")
+    color: str = Field(pattern=r"^#[0-9a-f]{6}$", examples=["#c85028"])
+    aspect_ratio: float = Field(description="Width / height as displayed.", examples=[1.5])
+
+
 class ImageOut(BaseModel):
     id: uuid.UUID
     status: Status
@@ -68,6 +87,16 @@ class ImageOut(BaseModel):
     thumbnails: dict[str, str | None] = Field(
         description="URL per box label (e.g. `300x300`); null until the image is DONE.",
         examples=[{"100x100": "http://host/files/thumbnails/ab/id/100x100.jpg"}],
+    )
+    renditions: list[Rendition] = Field(
+        default_factory=list, description="The thumbnails, smallest first; empty until DONE."
+    )
+    srcset: str | None = Field(
+        None,
+        description="`<url> <width>w, ...` of the renditions, for `<img srcset>`; null until DONE.",
+    )
+    placeholder: PlaceholderOut | None = Field(
+        None, description="Null until DONE, and for images made before placeholders existed."
     )
     error: str | None = Field(None, description="Why processing failed, when status is ERROR.")
     filename: str | None = Field(None, description="The client's file name, for display only.")

@@ -40,6 +40,7 @@ from thumbnailer.records import (
     NewImage,
     NewSource,
     Original,
+    Placeholder,
     Status,
     ThumbnailEntry,
 )
@@ -90,7 +91,7 @@ _COLUMNS = ImageRow.__table__.c
 _INSERT = insert(ImageRow)
 _GET = select(*_COLUMNS).where(ImageRow.id == bindparam("image_id"))
 _TO_PROCESSING = _transition_statement((Status.NEW,), "status")
-_TO_DONE = _transition_statement(OPEN, "status", "thumbnails")
+_TO_DONE = _transition_statement(OPEN, "status", "thumbnails", "placeholder")
 _TO_ERROR = _transition_statement(OPEN, "status", "error")
 _REOPEN = _transition_statement((Status.ERROR,), "status", "error")
 _ATTACH = (
@@ -164,6 +165,7 @@ def _record(row: Row[Any]) -> ImageRecord:
         owner=values["owner"],
         source_url=values["source_url"],
         callback_url=values["callback_url"],
+        placeholder=Placeholder.from_json(values["placeholder"]) if values["placeholder"] else None,
     )
 
 
@@ -353,11 +355,18 @@ class Repo:
         return await self._transition(_TO_PROCESSING, image_id, status=Status.PROCESSING.value)
 
     async def mark_done(
-        self, image_id: uuid.UUID, thumbnails: Mapping[str, ThumbnailEntry]
+        self,
+        image_id: uuid.UUID,
+        thumbnails: Mapping[str, ThumbnailEntry],
+        placeholder: Placeholder | None = None,
     ) -> bool:
         as_json = {label: entry.to_json() for label, entry in thumbnails.items()}
         return await self._transition(
-            _TO_DONE, image_id, status=Status.DONE.value, thumbnails=as_json
+            _TO_DONE,
+            image_id,
+            status=Status.DONE.value,
+            thumbnails=as_json,
+            placeholder=placeholder.to_json() if placeholder else None,
         )
 
     async def replace_thumbnails(
@@ -435,6 +444,36 @@ class Repo:
             stmt = stmt.where(ImageRow.status == status.value)
         if after is not None:
             stmt = stmt.where(tuple_(ImageRow.created_at, ImageRow.id) < tuple_(*after))
+        async with self._autocommit() as conn:
+            return [_record(row) for row in await conn.execute(stmt)]
+
+    async def now(self) -> datetime:
+        """The database's clock: the one every updated_at is written with."""
+        async with self._autocommit() as conn:
+            moment: datetime = (await conn.execute(select(func.now()))).scalar_one()
+        return moment
+
+    async def changed_after(
+        self, after: tuple[datetime, uuid.UUID], owner: str | None = None, limit: int = 500
+    ) -> list[ImageRecord]:
+        """Rows whose (updated_at, id) is after `after`, oldest change first (event streams
+        catching up); page on with the last row's (updated_at, id).
+
+        With `owner`, only that owner's rows. The status list is every status: it lets the
+        (status, updated_at) index serve the range instead of a scan of the whole table.
+        """
+        stmt = (
+            select(*_COLUMNS)
+            .where(
+                ImageRow.status.in_([s.value for s in Status]),
+                ImageRow.updated_at >= after[0],
+                tuple_(ImageRow.updated_at, ImageRow.id) > tuple_(*after),
+            )
+            .order_by(ImageRow.updated_at, ImageRow.id)
+            .limit(limit)
+        )
+        if owner is not None:
+            stmt = stmt.where(ImageRow.owner == owner)
         async with self._autocommit() as conn:
             return [_record(row) for row in await conn.execute(stmt)]
 

@@ -31,6 +31,7 @@ from thumbnailer.repo.schema import STATUS_CHANNEL
 
 log = get_logger(__name__)
 FALLBACK_POLL = 1.0
+FEED_LIMIT = 10_000  # ids a slow feed subscriber may fall behind before it must resync
 
 
 class Watch:
@@ -49,12 +50,51 @@ class Watch:
         self.event.clear()
 
 
+class Feed:
+    """One subscriber to every row's changes: the ids NOTIFY named, in commit order.
+
+    `resync` is set when ids may have been missed (the listener was down, or the subscriber fell
+    more than FEED_LIMIT ids behind): the subscriber must then re-read by time instead.
+    """
+
+    def __init__(self, notifier: StatusNotifier) -> None:
+        self.notifier = notifier
+        self.ids: list[str] = []
+        self.resync = False
+        self.event = asyncio.Event()
+
+    def push(self, image_id: str) -> None:
+        if len(self.ids) >= FEED_LIMIT:
+            self.ids.clear()
+            self.resync = True
+        else:
+            self.ids.append(image_id)
+        self.event.set()
+
+    def lost(self) -> None:
+        self.resync = True
+        self.event.set()
+
+    async def next(self, seconds: float) -> tuple[list[str], bool]:
+        """The ids since the last call and whether to resync; waits up to `seconds` for one
+        (the fallback poll while the listener is down, which asks for a resync)."""
+        listening = self.notifier.listening
+        limit = seconds if listening else min(seconds, self.notifier.fallback_poll)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), limit)
+        self.event.clear()
+        ids, resync = self.ids, self.resync or not listening
+        self.ids, self.resync = [], False
+        return ids, resync
+
+
 class StatusNotifier:
     def __init__(self, database_url: str, fallback_poll: float = FALLBACK_POLL) -> None:
         url = make_url(database_url)
         self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.fallback_poll = fallback_poll
         self.waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self.feeds: set[Feed] = set()
         self.listening = False
 
     async def run(self) -> None:
@@ -90,11 +130,15 @@ class StatusNotifier:
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         for event in self.waiters.get(payload, ()):
             event.set()
+        for feed in self.feeds:
+            feed.push(payload)
 
     def _wake_all(self) -> None:
         for events in self.waiters.values():
             for event in events:
                 event.set()
+        for feed in self.feeds:
+            feed.lost()
 
     @contextlib.contextmanager
     def watch(self, image_id: str) -> Iterator[Watch]:
@@ -107,3 +151,13 @@ class StatusNotifier:
             self.waiters[image_id].discard(watch.event)
             if not self.waiters[image_id]:
                 del self.waiters[image_id]
+
+    @contextlib.contextmanager
+    def watch_all(self) -> Iterator[Feed]:
+        """Subscribe to every row's changes for the duration of the block (enter before reading)."""
+        feed = Feed(self)
+        self.feeds.add(feed)
+        try:
+            yield feed
+        finally:
+            self.feeds.discard(feed)

@@ -59,6 +59,8 @@ class ImageRow(Base):
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     error: Mapped[str | None] = mapped_column(Text)
+    # {"hash", "color", "aspect_ratio"}, written with DONE (migration 0006); NULL before that.
+    placeholder: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     request_id: Mapped[str | None] = mapped_column(String(128))
     # Token subject of the uploader (AUTH_MODE=jwt); NULL for rows from before, or from none mode.
     owner: Mapped[str | None] = mapped_column(String(255))

@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-from thumbnailer import imaging, metrics
+from thumbnailer import imaging, metrics, placeholder
 from thumbnailer.broker import THUMBNAILS, Job, PoisonMessage
 from thumbnailer.decode_budget import OverBudget
 from thumbnailer.lifecycle import erase_files, generation_of
 from thumbnailer.logging import get_logger
-from thumbnailer.records import ImageRecord, Status, ThumbnailEntry
+from thumbnailer.records import ImageRecord, Placeholder, Status, ThumbnailEntry
 from thumbnailer.store import thumbnail_key
 from thumbnailer.store.keys import thumbnail_generation_key
 from thumbnailer.worker.handlers.base import Context, Result
@@ -62,7 +62,7 @@ class ThumbnailHandler:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            entries = await self._make(row, generation, timings)
+            entries, preview = await self._make(row, generation, timings)
         except (imaging.ImagingError, OverBudget) as exc:
             if await self.ctx.repo.mark_error(row.id, str(exc)):
                 await self.webhooks.announce(row)
@@ -73,7 +73,7 @@ class ThumbnailHandler:
             observe_stages(timings)
         if generation is not None:
             await self._replace(row, entries)
-        elif await self.ctx.repo.mark_done(row.id, entries):
+        elif await self.ctx.repo.mark_done(row.id, entries, preview):
             await self.webhooks.announce(row)
         else:
             await self._clean_up_if_deleted(row, entries)
@@ -109,7 +109,7 @@ class ThumbnailHandler:
 
     async def _make(
         self, row: ImageRecord, generation: str | None, timings: dict[str, float]
-    ) -> dict[str, ThumbnailEntry]:
+    ) -> tuple[dict[str, ThumbnailEntry], Placeholder | None]:
         started = time.perf_counter()
         assert row.original_key is not None  # checked in run()
         source = await self.ctx.store.read(row.original_key)
@@ -119,6 +119,7 @@ class ThumbnailHandler:
             thumbnails = await self._in_pool(self._imaging, source, timings)
         if not await self.ctx.repo.exists(row.id):
             raise ImageDeleted(row.id)
+        preview = await self._in_pool(self._placeholder, thumbnails, timings)
         started = time.perf_counter()
         image_id = str(row.id)
         entries = {
@@ -131,6 +132,7 @@ class ThumbnailHandler:
                 thumb.width,
                 thumb.height,
                 thumb.media_type,
+                len(thumb.data),
             )
             for thumb in thumbnails
         }
@@ -141,7 +143,25 @@ class ThumbnailHandler:
             )
         )
         timings["write"] = time.perf_counter() - started
-        return entries
+        return entries, preview
+
+    def _placeholder(
+        self, thumbnails: list[imaging.Thumbnail], timings: dict[str, float]
+    ) -> Placeholder | None:
+        """From the smallest thumbnail; the largest gives the aspect ratio with least rounding.
+
+        A placeholder is a nicety: if it cannot be made the image is DONE without one.
+        """
+        started = time.perf_counter()
+        smallest = min(thumbnails, key=lambda thumb: thumb.width * thumb.height)
+        largest = max(thumbnails, key=lambda thumb: thumb.width * thumb.height)
+        try:
+            return placeholder.make_placeholder(smallest.data, largest.width / largest.height)
+        except (OSError, ValueError) as exc:
+            log.warning("placeholder_failed", error=str(exc))
+            return None
+        finally:
+            timings["placeholder"] = time.perf_counter() - started
 
     async def _in_pool(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
