@@ -228,8 +228,11 @@ def test_every_image_stream_of_a_fresh_client_gives_a_resume_point_first(api: Se
         change(api.settings, done(image_id))
         headers = {"Last-Event-ID": first[0].removeprefix("id: ")}
         with client.stream("GET", "/events", headers=headers) as response:
+            # Other tests' images share the feed (none mode): wait for this one's DONE.
             got = EventReader(response).until(
-                lambda seen: any(e.body["status"] == "DONE" for e in seen)
+                lambda seen: any(
+                    e.body["id"] == image_id and e.body["status"] == "DONE" for e in seen
+                )
             )
         assert got[-1].body["id"] == image_id
 

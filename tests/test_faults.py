@@ -130,7 +130,7 @@ def run(fault_database_url: str, tmp_path: Path, request: pytest.FixtureRequest)
 async def _truncate(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE images")
+        await conn.execute("TRUNCATE images CASCADE")
     finally:
         await conn.close()
 

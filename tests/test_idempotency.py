@@ -143,7 +143,7 @@ def empty_database(database_url: str) -> None:
     async def truncate() -> None:
         conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
-            await conn.execute("TRUNCATE images, idempotency_keys")
+            await conn.execute("TRUNCATE images, idempotency_keys CASCADE")
         finally:
             await conn.close()
 

@@ -76,7 +76,7 @@ async def parts(settings: Settings) -> AsyncIterator[tuple[Repo, LocalStore]]:
     """The module's database emptied: each test counts what one sweep removes."""
     conn = await asyncpg.connect(plain(settings.database_url))
     try:
-        await conn.execute("TRUNCATE images, idempotency_keys")
+        await conn.execute("TRUNCATE images, idempotency_keys CASCADE")
     finally:
         await conn.close()
     repo = Repo.connect(settings.database_url, 4)

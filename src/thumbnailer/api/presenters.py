@@ -10,7 +10,14 @@ from thumbnailer.records import ImageRecord, Status, VariantRecord
 from thumbnailer.store import Store
 
 
-def present(row: ImageRecord, base: str, boxes: list[tuple[int, int]], store: Store) -> ImageOut:
+def present(
+    row: ImageRecord,
+    base: str,
+    boxes: list[tuple[int, int]],
+    store: Store,
+    variants: Sequence[VariantRecord] | None = None,
+) -> ImageOut:
+    """The status JSON; `variants` None (lists of images) leaves them out as null."""
     done = row.status == Status.DONE
     thumbnails: dict[str, str | None] = {}
     for width, height in sorted(boxes):
@@ -35,6 +42,7 @@ def present(row: ImageRecord, base: str, boxes: list[tuple[int, int]], store: St
         size_bytes=row.size_bytes,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        variants=None if variants is None else present_variants(variants, base, store),
     )
 
 

@@ -80,13 +80,15 @@ def parse_stamp(value: str | None) -> datetime | None:
 class Presenter:
     """A row as the `status` event a stream sends: the JSON of GET, the id given."""
 
-    def __init__(self, settings: Settings, base: str, store: Store) -> None:
+    def __init__(self, settings: Settings, base: str, store: Store, repo: Repo) -> None:
         self.boxes = settings.thumbnail_boxes
         self.base = base
         self.store = store
+        self.repo = repo
 
-    def __call__(self, row: ImageRecord, event_id: str) -> ServerSentEvent:
-        body = present(row, self.base, self.boxes, self.store).model_dump_json()
+    async def __call__(self, row: ImageRecord, event_id: str) -> ServerSentEvent:
+        variants = await self.repo.variants.for_image(row.id)
+        body = present(row, self.base, self.boxes, self.store, variants).model_dump_json()
         return ServerSentEvent(data=body, id=event_id, event="status")
 
 
@@ -115,7 +117,7 @@ async def image_events(
     if row.finished and last_event_id == stamp(row.updated_at):
         return Response(status_code=204, headers=private_headers(settings))
     events = _image_stream(
-        repo, notifier, principal, image_id, last_event_id, Presenter(settings, base, store),
+        repo, notifier, principal, image_id, last_event_id, Presenter(settings, base, store, repo),
         settings.sse_heartbeat,
     )  # fmt: skip
     return EventSourceResponse(
@@ -139,7 +141,7 @@ async def _image_stream(
                 return  # removed meanwhile
             current = stamp(row.updated_at)
             if current != seen:
-                yield event(row, current)
+                yield await event(row, current)
                 seen = current
             if row.finished:
                 return
@@ -162,10 +164,9 @@ async def all_events(
     principal: PrincipalDep,
     last_event_id: LastEventId = None,
 ) -> Response:
-    events = _feed_stream(
-        repo, notifier, principal, parse_stamp(last_event_id), Presenter(settings, base, store),
-        settings.sse_heartbeat,
-    )  # fmt: skip
+    presenter = Presenter(settings, base, store, repo)
+    resume = parse_stamp(last_event_id)
+    events = _feed_stream(repo, notifier, principal, resume, presenter, settings.sse_heartbeat)
     return EventSourceResponse(
         events, ping=settings.sse_heartbeat, headers=stream_headers(settings)
     )
@@ -194,7 +195,7 @@ async def _feed_stream(
                     continue
                 sent[row.id] = row.updated_at
                 mark = max(mark, row.updated_at)
-                yield event(row, stamp(mark))
+                yield await event(row, stamp(mark))
             sent = {key: moment for key, moment in sent.items() if moment >= mark - REPLAY_MARGIN}
             ids, catch_up = await feed.next(heartbeat)
 

@@ -30,7 +30,7 @@ from thumbnailer.api.deps import (
 from thumbnailer.api.errors import error_responses
 from thumbnailer.api.multipart import ReceivedForm, receive_form
 from thumbnailer.api.pagination import decode_cursor, encode_cursor
-from thumbnailer.api.presenters import etag, poll_headers, present, present_variants
+from thumbnailer.api.presenters import etag, poll_headers, present
 from thumbnailer.api.schemas import ImageOut, ImagePage, UploadAccepted, VariantAccepted
 from thumbnailer.api.url_ingest import UrlUpload, accept_url, checked_callback, is_json
 from thumbnailer.auth import Principal
@@ -244,9 +244,7 @@ async def get_image(
     if known is not None and known == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     response.headers.update(headers)
-    shown = present(row, base, settings.thumbnail_boxes, store)
-    shown.variants = present_variants(variants, base, store)
-    return shown
+    return present(row, base, settings.thumbnail_boxes, store, variants)
 
 
 @router.delete(

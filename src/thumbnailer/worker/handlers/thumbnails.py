@@ -25,7 +25,7 @@ from thumbnailer.decode_budget import OverBudget
 from thumbnailer.lifecycle import erase_files, generation_of
 from thumbnailer.logging import get_logger
 from thumbnailer.records import ImageRecord, Placeholder, Status, ThumbnailEntry
-from thumbnailer.store import thumbnail_key
+from thumbnailer.store import ObjectMissing, thumbnail_key
 from thumbnailer.store.keys import thumbnail_generation_key
 from thumbnailer.worker.handlers.base import Context, Result
 from thumbnailer.worker.outcomes import observe_stages
@@ -112,7 +112,14 @@ class ThumbnailHandler:
     ) -> tuple[dict[str, ThumbnailEntry], Placeholder | None]:
         started = time.perf_counter()
         assert row.original_key is not None  # checked in run()
-        source = await self.ctx.store.read(row.original_key)
+        try:
+            source = await self.ctx.store.read(row.original_key)
+        except ObjectMissing:
+            # Deleted while queued: nothing to make. A row that outlived its original: no retry
+            # brings the bytes back, so it ends ERROR at once.
+            if not await self.ctx.repo.exists(row.id):
+                raise ImageDeleted(row.id) from None
+            raise imaging.ImagingError("the original is no longer stored") from None
         timings["read"] = time.perf_counter() - started
         need = await self._in_pool(self._estimate, source)
         async with self.ctx.memory.reserve(need):

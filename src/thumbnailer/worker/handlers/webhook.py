@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import ClassVar
 
 from thumbnailer import fetch
 from thumbnailer.api.presenters import present
 from thumbnailer.broker import WEBHOOK, Job, PoisonMessage
 from thumbnailer.logging import get_logger
-from thumbnailer.records import ImageRecord
+from thumbnailer.records import ImageRecord, VariantRecord
 from thumbnailer.worker.handlers.base import Context, Result
 from thumbnailer.worker.webhooks import (
     EVENT_HEADER,
@@ -48,7 +49,7 @@ class WebhookHandler:
         if not row.finished:
             # Sent round again by an operator since: its new final state sends its own call.
             return Result("skipped", {"status": row.status})
-        body = self._body(row)
+        body = self._body(row, await self.ctx.repo.variants.for_image(row.id))
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self.ctx.settings.webhook_secret, int(time.time()), body),
@@ -66,8 +67,9 @@ class WebhookHandler:
     async def give_up(self, job: Job, reason: str) -> None:
         log.warning("webhook_abandoned", receiver=job.args.get("url"), reason=reason)
 
-    def _body(self, row: ImageRecord) -> bytes:
+    def _body(self, row: ImageRecord, variants: Sequence[VariantRecord]) -> bytes:
+        """The JSON GET /images/{id} answers, variants included."""
         settings = self.ctx.settings
         base = settings.public_base_url.rstrip("/")
-        out = present(row, base, settings.thumbnail_boxes, self.ctx.store)
+        out = present(row, base, settings.thumbnail_boxes, self.ctx.store, variants)
         return json.dumps(out.model_dump(mode="json"), separators=(",", ":")).encode()
