@@ -29,6 +29,7 @@ log = get_logger(__name__)
 
 # The advisory lock's key: any constant, the same in every process ("thumbnailer retention").
 LOCK_ID = 0x7468756D62726574
+FIRST_SWEEP_DELAY = 60.0
 BATCH = 500
 ORPHAN_AGE = timedelta(days=1)
 # Files deleted at once: the store sees a bounded number of requests in flight.
@@ -92,6 +93,9 @@ class Sweeper:
         return swept
 
     async def run(self) -> None:
+        # Not at once: a process that starts and stops within a minute (a test, a crash loop)
+        # would only ever be interrupted mid-sweep; every replica sweeps within a minute anyway.
+        await asyncio.sleep(min(self.interval, FIRST_SWEEP_DELAY))
         while True:
             try:
                 await self.sweep()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +37,19 @@ EXPOSED_HEADERS += ["WWW-Authenticate", "Idempotent-Replayed"]
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+# How long shutdown waits for a cancelled background task: one stuck in a dead connection's
+# cleanup must not hold the process (and a rolling deploy) for ever.
+TASK_STOP_GRACE = 5.0
+
+
+async def _stop(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=TASK_STOP_GRACE)
+    if pending:
+        log.warning("background_tasks_left_running", tasks=[t.get_name() for t in pending])
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -65,10 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            for task in (relay_task, sweeper_task, gauges_task, notifier_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await _stop(relay_task, sweeper_task, gauges_task, notifier_task)
             await state.broker.close()
             await state.repo.close()
             await state.store.close()
